@@ -1,0 +1,352 @@
+"""The one configuration model: a YAML file plus ``HOODRUN_*`` environment overrides.
+
+Loaded once at the edge (``load_config``); everything below receives a validated ``Config``.
+Errors name the key and, where the YAML has one, the file line::
+
+    hoodrun.yaml:14: chains.0.upstreams.1.url: Input should be a valid URL
+
+Environment overrides use ``__`` between levels (``HOODRUN_LISTEN=0.0.0.0:8000``,
+``HOODRUN_LIMITS__KEY_CACHE_TTL=45``); values are parsed as YAML scalars. Secrets never live in the
+YAML: ``HOODRUN_ADMIN_TOKEN`` (or ``admin_token_file``) and passwords inside
+``HOODRUN_DATABASE_URL`` come from the environment or a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ChainConfig",
+    "Config",
+    "ConfigError",
+    "GatewayConfig",
+    "HealthConfig",
+    "MethodRules",
+    "PlanConfig",
+    "PublicAccess",
+    "RateConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_listen",
+]
+
+# Paths the gateway listener owns; a chain may not be named like one of them.
+RESERVED_CHAIN_NAMES = frozenset({"health", "metrics", "v1", "admin", "api", "ws"})
+_CHAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key (and file line) to fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateConfig(_Model):
+    """Steady rate and burst (token bucket / GCRA), plus optional longer windows."""
+
+    rps: float = Field(gt=0, description="Steady requests per second.")
+    burst: int | None = Field(
+        default=None, ge=1, description="Bucket size; defaults to max(1, 2 x rps)."
+    )
+    per_minute: int | None = Field(default=None, ge=1, description="Extra cap per rolling minute.")
+    per_hour: int | None = Field(default=None, ge=1, description="Extra cap per rolling hour.")
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else max(1, int(self.rps * 2))
+
+
+class MethodRules(_Model):
+    """Method scopes: ``allow`` (if given) is an allow-list, ``deny`` always wins."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+    def permits(self, method: str) -> bool:
+        if method in self.deny:
+            return False
+        return self.allow is None or method in self.allow
+
+
+class PlanConfig(_Model):
+    """A plan declared in the config and synced into the database on start."""
+
+    name: str = Field(min_length=1, max_length=64)
+    rate: RateConfig
+    chain_rate: RateConfig | None = Field(
+        default=None, description="Per key x chain limit; defaults to the key's rate."
+    )
+    methods: MethodRules = MethodRules()
+    max_batch: int | None = Field(default=None, ge=1, description="Overrides gateway.max_batch.")
+    description: str = ""
+
+
+class UpstreamConfig(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    weight: float = Field(default=1.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8545/")
+        if value.startswith("https://"):
+            raise ValueError("https upstreams are not supported yet; use a local http endpoint")
+        return value
+
+
+class HealthConfig(_Model):
+    """Background upstream checks and the circuit breaker."""
+
+    interval: float = Field(default=2.0, gt=0, description="Seconds between health checks.")
+    timeout: float = Field(default=2.0, gt=0, description="Timeout of one health check.")
+    max_lag: int = Field(default=8, ge=0, description="Blocks behind the best head allowed.")
+    min_peers: int = Field(default=0, ge=0, description="Minimum net_peerCount.")
+    breaker_failures: int = Field(default=5, ge=1, description="Failures in a row that open.")
+    breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds OPEN before a probe.")
+
+
+class ChainConfig(_Model):
+    name: str
+    chain_id: int = Field(ge=1)
+    upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
+    health: HealthConfig | None = None
+    rate: RateConfig | None = Field(default=None, description="Global limit for the whole chain.")
+
+    @field_validator("name")
+    @classmethod
+    def _chain_name(cls, value: str) -> str:
+        if not _CHAIN_NAME.match(value):
+            raise ValueError("use lowercase letters, digits and '-', e.g. eth or base-sepolia")
+        if value in RESERVED_CHAIN_NAMES:
+            raise ValueError(f"{value!r} is reserved for the gateway's own paths")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> ChainConfig:
+        names = [u.name for u in self.upstreams]
+        if len(names) != len(set(names)):
+            raise ValueError(f"upstream names must be unique within chain {self.name!r}")
+        return self
+
+
+class PublicAccess(_Model):
+    """Optional keyless endpoint ``/{chain}/v1`` limited per client IP."""
+
+    enabled: bool = False
+    plan: str = "free"
+
+
+class GatewayConfig(_Model):
+    """Hot-path limits and behaviour."""
+
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_batch: int = Field(default=1000, ge=1)
+    request_timeout: float = Field(default=10.0, gt=0, description="Whole-request deadline (s).")
+    upstream_timeout: float = Field(default=5.0, gt=0, description="One upstream attempt (s).")
+    max_retries: int = Field(default=2, ge=0, description="Extra attempts on other upstreams.")
+    upstream_connections: int = Field(default=64, ge=1, description="Keep-alive pool per node.")
+    key_cache_ttl: float = Field(default=30.0, ge=1, le=60)
+    key_negative_ttl: float = Field(default=5.0, ge=0)
+    key_degrade_ttl: float = Field(
+        default=600.0, ge=0, description="How long cached keys live on while the store is down."
+    )
+    trusted_proxies: tuple[str, ...] = ()
+    ip_allow: tuple[str, ...] = ()
+    ip_deny: tuple[str, ...] = ()
+    cors_max_age: int = Field(default=86400, ge=0)
+
+    @field_validator("trusted_proxies", "ip_allow", "ip_deny")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
+        return value
+
+
+class Config(_Model):
+    listen: str = "127.0.0.1:8000"
+    api_listen: str = "127.0.0.1:8001"
+    domain: str | None = None
+    data_dir: Path = Path("./data")
+    database_url: str = "sqlite:///./data/hoodrun.db"
+    redis_url: str | None = None
+    redis_prefix: str = "hoodrun"
+    nats_url: str | None = None
+    admin_token: str | None = Field(default=None, repr=False)
+    admin_token_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    default_plan: str = "free"
+    gateway: GatewayConfig = GatewayConfig()
+    health: HealthConfig = HealthConfig()
+    public: PublicAccess = PublicAccess()
+    chains: tuple[ChainConfig, ...] = ()
+    plans: tuple[PlanConfig, ...] = ()
+
+    @field_validator("listen", "api_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+")):
+            raise ValueError("use sqlite:///path/to.db or postgresql://user@host:5432/db")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://host:6379/0")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        chain_names = [c.name for c in self.chains]
+        if len(chain_names) != len(set(chain_names)):
+            raise ValueError("chain names must be unique")
+        plan_names = [p.name for p in self.plans]
+        if len(plan_names) != len(set(plan_names)):
+            raise ValueError("plan names must be unique")
+        if self.plans and self.default_plan not in plan_names:
+            raise ValueError(f"default_plan {self.default_plan!r} is not among plans")
+        if self.public.enabled and self.public.plan not in plan_names:
+            raise ValueError(f"public.plan {self.public.plan!r} is not among plans")
+        return self
+
+    def plan(self, name: str) -> PlanConfig | None:
+        for plan in self.plans:
+            if plan.name == name:
+                return plan
+        return None
+
+    def chain(self, name: str) -> ChainConfig | None:
+        for chain in self.chains:
+            if chain.name == name:
+                return chain
+        return None
+
+    def health_for(self, chain: ChainConfig) -> HealthConfig:
+        return chain.health or self.health
+
+    def resolved_admin_token(self) -> str | None:
+        if self.admin_token:
+            return self.admin_token
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text().strip() or None
+        return None
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:8000``) → (host, port)."""
+    match = re.match(r"^\[?([^\[\]]*?)\]?:(\d{1,5})$", value)
+    if not match or not (0 <= int(match.group(2)) <= 65535):
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8000")
+    return match.group(1) or "0.0.0.0", int(match.group(2))  # noqa: S104
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    lines = {}
+    for key_node, _ in node.value:
+        lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
+    mapping["__lines__"] = lines
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _strip_lines(data: Any, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+    if isinstance(data, dict):
+        own = data.pop("__lines__", {})
+        for key, line in own.items():
+            lines[(*path, key)] = line
+        return {k: _strip_lines(v, (*path, k), lines) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_strip_lines(v, (*path, i), lines) for i, v in enumerate(data)]
+    return data
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith("HOODRUN_") or name == "HOODRUN_CONFIG":
+            continue
+        parts = name[len("HOODRUN_") :].lower().split("__")
+        target = data
+        for part in parts[:-1]:
+            nested = target.get(part)
+            if not isinstance(nested, dict):
+                nested = {}
+                target[part] = nested
+            target = nested
+        target[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read the YAML file (if any), apply ``HOODRUN_*`` env and explicit overrides, validate."""
+    env = os.environ if env is None else env
+    source = str(path) if path is not None else "<defaults>"
+    lines: dict[tuple[Any, ...], int] = {}
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+        try:
+            loaded = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        data = _strip_lines(loaded, (), lines)
+    _apply_env(data, env)
+    if overrides:
+        data.update(overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = None
+            for cut in range(len(loc), 0, -1):
+                line = lines.get(loc[:cut])
+                if line is not None:
+                    break
+            where = f"{source}:{line}" if line is not None else source
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            messages.append(f"{where}: {key}: {err['msg']}")
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(messages)) from None
