@@ -33,8 +33,6 @@ def key_start(key: str) -> str:
 
 
 def looks_like_key(value: str) -> bool:
-    """Cheap shape check before any lookup (length and alphabet), so junk never reaches the store."""
+    """Cheap shape check (length, alphabet) so junk never reaches the store."""
     body = value[len(KEY_PREFIX) :]
-    return (
-        value.startswith(KEY_PREFIX) and 16 <= len(body) <= 64 and all(c in _B58 for c in body)
-    )
+    return value.startswith(KEY_PREFIX) and 16 <= len(body) <= 64 and all(c in _B58 for c in body)
