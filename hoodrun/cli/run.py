@@ -1,0 +1,138 @@
+"""``hoodrun up``, ``hoodrun gateway`` and ``hoodrun api``: run the platform's roles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Annotated
+
+import typer
+
+from hoodrun.config import ConfigError
+from hoodrun.devnet import AnvilError
+from hoodrun.upstreams import ChainIdMismatch
+
+__all__ = ["register"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _run(coro_factory: object) -> None:
+    import uvloop
+
+    uvloop.run(coro_factory)  # type: ignore[arg-type]
+
+
+def _print_demo(info: object) -> None:
+    from hoodrun.cli import stdout
+    from hoodrun.platform import DemoInfo
+
+    if not isinstance(info, DemoInfo):
+        return
+    chain = info.chains[0] if info.chains else "eth"
+    endpoint = f"{info.gateway_url}/{chain}/v1/{info.key}"
+    stdout.print("\n[bold green]HoodRun is up[/] (Ctrl-C stops everything it started)\n")
+    stdout.print(f"  gateway   {info.gateway_url}   chains: {', '.join(info.chains)}")
+    stdout.print(f"  admin API {info.api_url}")
+    stdout.print(f"  demo key  {info.key}   (id {info.key_id}; shown once)\n")
+    stdout.print(f"  endpoint  {endpoint}\n")
+    stdout.print("[bold]curl[/]")
+    stdout.print(
+        f"  curl -s {endpoint} -H 'content-type: application/json' "
+        """-d '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'\n""",
+        soft_wrap=True,
+    )
+    stdout.print("[bold]web3.py[/]")
+    stdout.print(
+        "  python3 -c \"from web3 import Web3; "
+        f"w3 = Web3(Web3.HTTPProvider('{endpoint}')); "
+        "print(w3.eth.chain_id, w3.eth.block_number, "
+        "w3.eth.get_balance('0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266'))\"\n",
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Adds the ``up``, ``gateway`` and ``api`` commands."""
+
+    @app.command()
+    def up(
+        ctx: typer.Context,
+        devnet: Annotated[
+            bool, typer.Option("--devnet", help="Start local anvil chains eth (1) and base (8453).")
+        ] = False,
+        demo: Annotated[bool, typer.Option(help="Create a demo org and key and print it.")] = True,
+    ) -> None:
+        """Run the whole platform in one process (gateway + admin API) on the config's backends."""
+        from hoodrun.cli import config_of, fail
+        from hoodrun.platform import run_platform, start_devnet
+
+        config = config_of(ctx)
+        _setup_logging(config.log_level)
+        with contextlib.ExitStack() as stack:
+            if devnet:
+                try:
+                    config = start_devnet(config, stack)
+                except AnvilError as exc:
+                    fail(f"cannot start the devnet: {exc}")
+            if not config.chains:
+                fail("no chains configured: add chains to the config, or use --devnet")
+            try:
+                _run(run_platform(config, demo=demo, ready=_print_demo))
+            except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
+                fail(str(exc))
+
+    @app.command()
+    def gateway(
+        ctx: typer.Context,
+        reuse_port: Annotated[
+            bool, typer.Option(help="SO_REUSEPORT, to run several gateway processes on one port.")
+        ] = False,
+    ) -> None:
+        """Run the gateway role only (the hot path: /{chain}/v1/{KEY}, /health/*, /metrics)."""
+        from hoodrun.cli import config_of, fail
+        from hoodrun.gateway.runtime import GatewayRuntime
+        from hoodrun.store import upgrade
+
+        config = config_of(ctx)
+        _setup_logging(config.log_level)
+        if not config.chains:
+            fail("no chains configured: add at least one chain with upstreams to the config")
+
+        async def main() -> None:
+            import signal
+
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await upgrade(config.database_url)
+            async with GatewayRuntime(config, reuse_port=reuse_port) as runtime:
+                logging.getLogger("hoodrun").info(
+                    "gateway listening on %s (port %d)", config.listen, runtime.port
+                )
+                print(f"gateway listening on port {runtime.port}", flush=True)
+                await stop.wait()
+
+        try:
+            _run(main())
+        except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
+            fail(str(exc))
+
+    @app.command()
+    def api(ctx: typer.Context) -> None:
+        """Run the api role only (admin API)."""
+        from hoodrun.cli import config_of, fail
+        from hoodrun.platform import run_platform
+
+        config = config_of(ctx)
+        _setup_logging(config.log_level)
+        try:
+            _run(run_platform(config, gateway=False))
+        except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
+            fail(str(exc))

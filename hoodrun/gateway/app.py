@@ -1,0 +1,625 @@
+"""The request pipeline, assembled once and run in order for every request:
+
+    route → client IP → chain → key → scopes → parse → limits → upstream → telemetry
+
+Everything here answers from memory except the upstream call, a cache-miss key lookup and (when
+configured) one Redis round trip for the limits. Every refusal is a JSON-RPC error object with a
+fitting HTTP status (see ``errors.py``); node answers to well-formed calls pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from hoodrun.config import ChainConfig, Config, PlanConfig, RateConfig
+from hoodrun.gateway.clientip import IpPolicy
+from hoodrun.gateway.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    MethodNotPost,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    UnknownChain,
+    UpstreamFailed,
+    UpstreamTimedOut,
+    error_object,
+)
+from hoodrun.gateway.http import Request, Response
+from hoodrun.gateway.jsonrpc import Call, parse_body
+from hoodrun.gateway.metrics import GatewayMetrics
+from hoodrun.keys.record import KeyRecord
+from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
+from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
+from hoodrun.telemetry.sink import RequestRecord, TelemetrySink
+from hoodrun.upstreams import ChainPool, NoHealthyUpstream, UpstreamError, UpstreamTimeout
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("hoodrun.gateway")
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+_KEY_MESSAGES = {
+    "key_missing": "Unauthorized: no API key; put it in the path (/{chain}/v1/{KEY}), "
+    "or send Authorization: Bearer {KEY} or X-Api-Key: {KEY}",
+    "key_invalid": "Unauthorized: unknown API key; check the key or create one",
+    "key_revoked": "Unauthorized: this API key was revoked; use a current key",
+    "key_disabled": "Unauthorized: this API key is disabled; ask the operator to enable it",
+    "key_expired": "Unauthorized: this API key has expired; create or rotate a key",
+}
+_CORS_EXPOSE = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
+_WRITE_METHOD = "eth_sendRawTransaction"
+
+
+class _Chain:
+    """Per-chain state: its config, its upstream pool and the head served to clients."""
+
+    __slots__ = ("config", "global_bucket", "name", "pool", "served_head")
+
+    def __init__(self, config: ChainConfig, pool: ChainPool) -> None:
+        self.name = config.name
+        self.config = config
+        self.pool = pool
+        self.served_head = 0
+        self.global_bucket = (
+            Bucket(f"c:{config.name}", config.rate.rps, config.rate.capacity)
+            if config.rate is not None
+            else None
+        )
+
+
+class _Trace:
+    """What the telemetry record needs, filled in as the pipeline goes."""
+
+    __slots__ = ("attempts", "chain", "record", "rpc_errors", "upstream", "upstream_latency")
+
+    def __init__(self) -> None:
+        self.chain = "-"
+        self.record: KeyRecord | None = None
+        self.upstream: str | None = None
+        self.upstream_latency: float | None = None
+        self.attempts = 0
+        self.rpc_errors = 0
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        verifier: KeyVerifier,
+        pools: Mapping[str, ChainPool],
+        sink: TelemetrySink,
+        metrics: GatewayMetrics,
+        limiter: Limiter | None = None,
+        readiness: Mapping[str, ReadinessCheck] | None = None,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.limiter: Limiter = limiter or MemoryLimiter()
+        # The in-process limiter answers synchronously: no task switch on the hot path.
+        self._sync_limiter = self.limiter if isinstance(self.limiter, MemoryLimiter) else None
+        self.metrics = metrics
+        self.sink = sink
+        self.chains = {name: _Chain(config.chain(name) or _missing(name), p) for name, p in pools.items()}
+        self.ip_policy = IpPolicy(
+            config.gateway.trusted_proxies, config.gateway.ip_allow, config.gateway.ip_deny
+        )
+        self.readiness = dict(readiness or {})
+        self._plans = {p.name: p for p in config.plans}
+        self._default_plan = self._plans.get(config.default_plan) or PlanConfig(
+            name=config.default_plan, rate=RateConfig(rps=10, burst=20)
+        )
+        self._bucket_cache: dict[tuple[str, str], tuple[KeyRecord, tuple[Bucket, ...]]] = {}
+        self._public_plan = self._plans.get(config.public.plan) if config.public.enabled else None
+        self._domain_suffix = "." + config.domain.lower() if config.domain else None
+        self._max_batch = config.gateway.max_batch
+        self._request_timeout = config.gateway.request_timeout
+        self._metrics_watch()
+
+    def _metrics_watch(self) -> None:
+        def snapshots() -> list[tuple[str, int | None, list[Any]]]:
+            return [(c.name, c.pool.best_head(), c.pool.snapshot()) for c in self.chains.values()]
+
+        self.metrics.watch_pools(snapshots)
+
+    # --- entry -----------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        method = request.method
+        if method == "POST":
+            return await self._rpc(request)
+        path = request.path
+        if method in ("GET", "HEAD"):
+            if path == "/health/live":
+                return Response(200, b'{"status":"ok"}')
+            if path == "/health/ready":
+                return await self._ready()
+            if path == "/metrics":
+                return Response(200, self.metrics.render(), content_type=b"text/plain; version=0.0.4")
+        if method == "OPTIONS":
+            return await self._preflight(request)
+        error: GatewayError = MethodNotPost() if self._looks_like_rpc(path) else NotFound()
+        return Response(error.status, error.body(), [("allow", "POST, OPTIONS")])
+
+    def fallback(self, status: int, message: bytes) -> Response:
+        """Protocol-level failures from the HTTP server (bad HTTP, body too large)."""
+        if status == 413:
+            limit = self.config.gateway.max_body_bytes
+            text = f"Invalid Request: the body is larger than {limit} bytes; send smaller batches"
+            return Response(413, orjson.dumps(error_object(-32600, text, None, {"reason": "body_too_large"})))
+        code = -32600 if status < 500 else -32603
+        body = orjson.dumps(error_object(code, message.decode(), None, {"reason": "bad_http"}))
+        return Response(status, body)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def _looks_like_rpc(self, path: str) -> bool:
+        parts = path.strip("/").split("/")
+        return parts[0] in self.chains or parts[0] == "v1"
+
+    def _route(self, request: Request) -> tuple[str, str | None]:
+        """(chain name, key from the path or headers)."""
+        parts = request.path.strip("/").split("/")
+        key: str | None = None
+        if parts[0] == "v1":
+            host = request.headers.get("host", "").split(":", 1)[0].lower()
+            if self._domain_suffix is None or not host.endswith(self._domain_suffix):
+                raise NotFound(
+                    "Not found: use POST /{chain}/v1/{KEY}, or /v1/{KEY} on {chain}."
+                    + (self.config.domain or "<domain>")
+                )
+            chain = host[: -len(self._domain_suffix)]
+            rest = parts[1:]
+        else:
+            chain = parts[0]
+            if len(parts) < 2 or parts[1] != "v1":
+                if chain in self.chains:
+                    raise NotFound(f"Not found: use POST /{chain}/v1/{{KEY}}")
+                raise NotFound()
+            rest = parts[2:]
+        if len(rest) > 1:
+            raise NotFound()
+        if rest and rest[0]:
+            key = rest[0]
+        if key is None:
+            auth = request.headers.get("authorization")
+            if auth is not None and auth[:7].lower() == "bearer ":
+                key = auth[7:].strip() or None
+            else:
+                key = request.headers.get("x-api-key") or None
+        return chain, key
+
+    # --- the JSON-RPC path -----------------------------------------------------------------
+
+    async def _rpc(self, request: Request) -> Response:
+        trace = _Trace()
+        headers: list[tuple[str, str]] = []
+        origin = request.headers.get("origin")
+        calls: list[Call] = []
+        reason: str | None = None
+        try:
+            chain_name, key = self._route(request)
+            trace.chain = chain_name
+            client_ip = self.ip_policy.client_ip(
+                request.peer, request.headers.get("x-forwarded-for")
+            )
+            if not self.ip_policy.allowed(client_ip):
+                raise Forbidden("Forbidden: requests from this address are not allowed", reason="ip_denied")
+            chain = self.chains.get(chain_name)
+            if chain is None:
+                raise UnknownChain(
+                    f"Unknown chain {chain_name!r}: use one of {', '.join(sorted(self.chains))}"
+                )
+            record = await self._authenticate(key, origin)
+            trace.record = record
+            if record is not None and record.chains is not None and chain_name not in record.chains:
+                raise Forbidden(
+                    f"Forbidden: this key may not use chain {chain_name!r}; it allows "
+                    + ", ".join(sorted(record.chains)),
+                    reason="chain_not_allowed",
+                )
+            plan = self._plan_of(record)
+            if origin is not None:
+                headers += (
+                    ("access-control-allow-origin", origin),
+                    ("vary", "Origin"),
+                    ("access-control-expose-headers", _CORS_EXPOSE),
+                )
+            is_batch, calls = parse_body(request.body, plan.max_batch or self._max_batch)
+            await self._limit(record, plan, chain, client_ip, len(calls), headers)
+            if is_batch:
+                body = await self._forward_batch(chain, record, plan, calls, trace)
+                response = Response(200 if body else 204, body, headers)
+            else:
+                response = await self._forward_single(chain, record, plan, calls[0], request.body, trace)
+                if headers:
+                    response.headers = headers
+        except GatewayError as error:
+            reason = error.reason
+            request_id = calls[0].id if len(calls) == 1 else None
+            response = Response(error.status, error.body(request_id), headers + error.headers)
+        self._emit(request, trace, calls, response, reason)
+        return response
+
+    async def _authenticate(self, key: str | None, origin: str | None) -> KeyRecord | None:
+        if key is None:
+            if self._public_plan is not None:
+                return None
+            raise Unauthorized(_KEY_MESSAGES["key_missing"], reason="key_missing")
+        try:
+            record = self.verifier.check(key) or await self.verifier.verify(key)
+        except KeyDenied as denied:
+            raise Unauthorized(_KEY_MESSAGES.get(denied.reason), reason=denied.reason) from None
+        except KeyStoreDown:
+            raise Unavailable(
+                "Service unavailable: keys cannot be verified right now; retry shortly",
+                reason="key_store_unavailable",
+            ) from None
+        if origin is not None and record.origins is not None and origin not in record.origins:
+            raise Forbidden(
+                f"Forbidden: origin {origin} is not allowed for this key", reason="origin_not_allowed"
+            )
+        return record
+
+    def _plan_of(self, record: KeyRecord | None) -> PlanConfig:
+        if record is None:
+            assert self._public_plan is not None
+            return self._public_plan
+        return self._plans.get(record.plan) or self._default_plan
+
+    def _permits(self, record: KeyRecord | None, plan: PlanConfig, method: str) -> bool:
+        if not plan.methods.permits(method):
+            return False
+        if record is None:
+            return True
+        if method in record.methods_deny:
+            return False
+        return record.methods_allow is None or method in record.methods_allow
+
+    # --- limits ----------------------------------------------------------------------------
+
+    def _buckets(self, record: KeyRecord | None, plan: PlanConfig, chain: _Chain, ip: str) -> tuple[Bucket, ...]:
+        if record is None:
+            buckets = [Bucket(f"ip:{ip}", plan.rate.rps, plan.rate.capacity)]
+            if chain.global_bucket is not None:
+                buckets.append(chain.global_bucket)
+            return tuple(buckets)
+        cache_key = (record.id, chain.name)
+        cached = self._bucket_cache.get(cache_key)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        rate = plan.rate
+        if record.rps is not None:
+            rate = RateConfig(rps=record.rps, burst=record.burst or max(1, int(record.rps * 2)))
+        built = [Bucket(f"k:{record.id}", rate.rps, rate.capacity)]
+        if plan.chain_rate is not None:
+            built.append(Bucket(f"kc:{record.id}:{chain.name}", plan.chain_rate.rps, plan.chain_rate.capacity))
+        if rate.per_minute is not None:
+            built.append(Bucket.per_window(f"km:{record.id}", rate.per_minute, 60.0))
+        if rate.per_hour is not None:
+            built.append(Bucket.per_window(f"kh:{record.id}", rate.per_hour, 3600.0))
+        if chain.global_bucket is not None:
+            built.append(chain.global_bucket)
+        buckets = tuple(built)
+        if len(self._bucket_cache) > 100_000:
+            self._bucket_cache.clear()
+        self._bucket_cache[cache_key] = (record, buckets)
+        return buckets
+
+    async def _limit(
+        self,
+        record: KeyRecord | None,
+        plan: PlanConfig,
+        chain: _Chain,
+        ip: str,
+        cost: int,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        buckets = self._buckets(record, plan, chain, ip)
+        decision: Decision
+        try:
+            if self._sync_limiter is not None:
+                decision = self._sync_limiter.acquire_now(buckets, cost)
+            else:
+                decision = await self.limiter.acquire(buckets, cost)
+        except LimiterUnavailable:
+            # A limiter outage must not take the platform down: fail open, and count it.
+            self.metrics.child(self.metrics.rate_limited, chain.name, "limiter_unavailable").inc()
+            return
+        headers += (
+            ("x-ratelimit-limit", str(decision.limit)),
+            ("x-ratelimit-remaining", str(decision.remaining)),
+            ("x-ratelimit-reset", str(math.ceil(decision.reset_after))),
+        )
+        if not decision.allowed:
+            scope = (decision.bucket or "k").split(":", 1)[0]
+            self.metrics.child(self.metrics.rate_limited, chain.name, scope).inc()
+            retry_after = max(1, math.ceil(decision.retry_after)) if math.isfinite(decision.retry_after) else 3600
+            what = {"c": "this chain's global", "ip": "this address's", "kc": "this key's per-chain"}.get(scope, "this key's")
+            raise RateLimited(
+                f"Rate limit exceeded: {what} limit allows {decision.limit} calls in a burst; "
+                f"retry after {retry_after} s",
+                headers=[("retry-after", str(retry_after))],
+            )
+
+    # --- forwarding ------------------------------------------------------------------------
+
+    async def _call_upstream(
+        self, chain: _Chain, body: bytes, trace: _Trace, write_tx: bytes | None = None
+    ) -> tuple[int, bytes]:
+        deadline = asyncio.get_running_loop().time() + self._request_timeout
+        try:
+            reply = await chain.pool.call(body, deadline=deadline, write_tx=write_tx)
+        except NoHealthyUpstream:
+            raise Unavailable(
+                f"Service unavailable: no healthy node for chain {chain.name!r} right now; retry shortly"
+            ) from None
+        except UpstreamTimeout:
+            raise UpstreamTimedOut() from None
+        except UpstreamError as exc:
+            raise UpstreamFailed(f"Upstream error: {exc}") from None
+        trace.upstream = reply.upstream
+        trace.upstream_latency = reply.latency
+        trace.attempts += reply.attempts
+        return reply.status, reply.body
+
+    async def _forward_single(
+        self,
+        chain: _Chain,
+        record: KeyRecord | None,
+        plan: PlanConfig,
+        call: Call,
+        body: bytes,
+        trace: _Trace,
+    ) -> Response:
+        method = call.method
+        if method is None:
+            raise InvalidRequest()
+        if not self._permits(record, plan, method):
+            raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
+        write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
+        status, reply = await self._call_upstream(chain, body, trace, write_tx)
+        if method == "eth_blockNumber" and status == 200:
+            reply = self._monotonic_head_body(chain, reply)
+        elif status == 200 and b'"error"' in reply:
+            trace.rpc_errors = 1
+        return Response(status, reply)
+
+    async def _forward_batch(
+        self,
+        chain: _Chain,
+        record: KeyRecord | None,
+        plan: PlanConfig,
+        calls: list[Call],
+        trace: _Trace,
+    ) -> bytes:
+        answers: list[Any] = [None] * len(calls)
+        reads: list[tuple[int, Call]] = []
+        writes: list[tuple[int, Call]] = []
+        for index, call in enumerate(calls):
+            method = call.method
+            if method is None:
+                answers[index] = error_object(-32600, "Invalid Request", call.id, {"reason": "invalid_request"})
+            elif not self._permits(record, plan, method):
+                if not call.notification:
+                    answers[index] = error_object(
+                        -32004,
+                        f"Method {method} is not allowed on plan {plan.name!r}",
+                        call.id,
+                        {"reason": "method_not_allowed"},
+                    )
+            elif method == _WRITE_METHOD:
+                writes.append((index, call))
+            else:
+                reads.append((index, call))
+        jobs = []
+        if reads:
+            jobs.append(self._batch_reads(chain, reads, answers, trace))
+        for index, call in writes:
+            jobs.append(self._batch_write(chain, index, call, answers, trace))
+        if jobs:
+            await asyncio.gather(*jobs)
+        out = [a for a in answers if a is not None]
+        trace.rpc_errors = sum(1 for a in out if isinstance(a, dict) and "error" in a)
+        return orjson.dumps(out) if out else b""
+
+    async def _batch_reads(
+        self, chain: _Chain, reads: list[tuple[int, Call]], answers: list[Any], trace: _Trace
+    ) -> None:
+        # Ids are replaced by positions so duplicate or odd client ids cannot mix answers up.
+        upstream_batch = [
+            call.obj if call.notification else {**call.obj, "id": n} for n, (_, call) in enumerate(reads)
+        ]
+        status, body = await self._call_upstream(chain, orjson.dumps(upstream_batch), trace)
+        parsed = _loads(body)
+        if isinstance(parsed, list):
+            by_id = {item.get("id"): item for item in parsed if isinstance(item, dict)}
+            for n, (index, call) in enumerate(reads):
+                if call.notification:
+                    continue
+                item = by_id.get(n)
+                if item is None:
+                    answers[index] = error_object(
+                        -32603, "Upstream error: the node gave no answer for this call", call.id,
+                        {"reason": "upstream_error"},
+                    )  # fmt: skip
+                    continue
+                item["id"] = call.id
+                if call.method == "eth_blockNumber" and "result" in item:
+                    item["result"] = self._monotonic_head(chain, item["result"])
+                answers[index] = item
+            return
+        # The node answered the whole batch with one object (an error, or a non-JSON body).
+        for index, call in reads:
+            if call.notification:
+                continue
+            if isinstance(parsed, dict) and "error" in parsed:
+                answers[index] = {**parsed, "id": call.id}
+            else:
+                answers[index] = error_object(
+                    -32603, f"Upstream error: unexpected answer (HTTP {status})", call.id,
+                    {"reason": "upstream_error"},
+                )  # fmt: skip
+
+    async def _batch_write(
+        self, chain: _Chain, index: int, call: Call, answers: list[Any], trace: _Trace
+    ) -> None:
+        try:
+            _, body = await self._call_upstream(chain, orjson.dumps(call.obj), trace, _raw_tx(call))
+        except GatewayError as error:
+            if not call.notification:
+                answers[index] = error.to_object(call.id)
+            return
+        parsed = _loads(body)
+        if not call.notification:
+            answers[index] = parsed if isinstance(parsed, dict) else error_object(
+                -32603, "Upstream error: unexpected answer", call.id, {"reason": "upstream_error"}
+            )
+
+    # --- the head never goes backwards -----------------------------------------------------
+
+    def _monotonic_head(self, chain: _Chain, result: Any) -> Any:
+        if not isinstance(result, str) or not result.startswith("0x"):
+            return result
+        try:
+            height = int(result, 16)
+        except ValueError:
+            return result
+        if height >= chain.served_head:
+            chain.served_head = height
+            return result
+        return hex(chain.served_head)
+
+    def _monotonic_head_body(self, chain: _Chain, body: bytes) -> bytes:
+        parsed = _loads(body)
+        if not isinstance(parsed, dict) or "result" not in parsed:
+            return body
+        result = parsed["result"]
+        clamped = self._monotonic_head(chain, result)
+        if clamped is result:
+            return body
+        parsed["result"] = clamped
+        return orjson.dumps(parsed)
+
+    # --- CORS, health ----------------------------------------------------------------------
+
+    async def _preflight(self, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin is None:
+            return Response(204, headers=[("allow", "POST, OPTIONS")])
+        try:
+            _, key = self._route(request)
+            if key is not None:
+                # A key in the path can be checked; a key in a header is not sent in preflights.
+                record = self.verifier.check(key) or await self.verifier.verify(key)
+                if record.origins is not None and origin not in record.origins:
+                    return Response(403, Forbidden(f"Forbidden: origin {origin} is not allowed for this key", reason="origin_not_allowed").body())
+        except (GatewayError, KeyDenied, KeyStoreDown):
+            pass  # the real request will get the precise error
+        requested = request.headers.get("access-control-request-headers")
+        return Response(
+            204,
+            headers=[
+                ("access-control-allow-origin", origin),
+                ("vary", "Origin"),
+                ("access-control-allow-methods", "POST, OPTIONS"),
+                ("access-control-allow-headers", requested or "Content-Type, Authorization, X-Api-Key"),
+                ("access-control-max-age", str(self.config.gateway.cors_max_age)),
+            ],
+        )
+
+    async def _ready(self) -> Response:
+        checks: dict[str, Any] = {}
+        ok = True
+        for name, check in self.readiness.items():
+            try:
+                await asyncio.wait_for(check(), 2.0)
+                checks[name] = {"ok": True}
+            except Exception as exc:  # any failure means not ready
+                ok = False
+                checks[name] = {"ok": False, "error": type(exc).__name__}
+        for chain in self.chains.values():
+            healthy = [u["name"] for u in chain.pool.snapshot() if u["healthy"]]
+            checks[f"chain:{chain.name}"] = {"ok": bool(healthy), "healthy_upstreams": healthy, "head": chain.pool.best_head()}
+            ok = ok and bool(healthy)
+        body = orjson.dumps({"status": "ok" if ok else "fail", "checks": checks})
+        return Response(200 if ok else 503, body)
+
+    # --- telemetry -------------------------------------------------------------------------
+
+    def _emit(
+        self, request: Request, trace: _Trace, calls: list[Call], response: Response, reason: str | None
+    ) -> None:
+        record = trace.record
+        if len(calls) == 1:
+            method = calls[0].method or ""
+            methods: tuple[str, ...] = (method,)
+        elif calls:
+            method = "batch"
+            methods = tuple(c.method or "" for c in calls)
+        else:
+            method, methods = "-", ("-",) if reason else ()
+        try:
+            self.sink.emit(
+                RequestRecord(
+                    ts=time.time(),
+                    chain=trace.chain if trace.chain in self.chains else "-",
+                    method=method,
+                    methods=methods,
+                    calls=len(calls),
+                    status=response.status,
+                    reason=reason,
+                    key_id=record.id if record else None,
+                    org_id=record.org_id if record else None,
+                    project_id=record.project_id if record else None,
+                    client_ip=request.peer,
+                    latency=time.monotonic() - request.started,
+                    upstream=trace.upstream,
+                    upstream_latency=trace.upstream_latency,
+                    attempts=trace.attempts,
+                    bytes_in=len(request.body),
+                    bytes_out=len(response.body),
+                    rpc_errors=trace.rpc_errors,
+                )
+            )
+        except Exception:  # telemetry must never break a request
+            log.exception("telemetry sink failed")
+
+
+def _raw_tx(call: Call) -> bytes | None:
+    params = call.obj.get("params") if isinstance(call.obj, dict) else None
+    if isinstance(params, list) and params and isinstance(params[0], str):
+        try:
+            return bytes.fromhex(params[0].removeprefix("0x"))
+        except ValueError:
+            return None
+    return None
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers past 64 bits; the stdlib does not.
+        import json
+
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+
+
+def _missing(name: str) -> ChainConfig:
+    raise ValueError(f"no chain {name!r} in the config")

@@ -1,0 +1,349 @@
+"""The gateway's HTTP/1.1 server: an asyncio Protocol on httptools' parser.
+
+Why not a framework: on this hardware a framework server (uvicorn, granian) with the same
+upstream pool measured 0.41-0.50x nginx's throughput before any gateway work, against 0.82-0.93x
+for a Protocol on httptools (shared/reference/python-proxy-ceiling.md; bench/README.md has our
+own figures). The gateway's goal is >= 0.5x, so the hot path gets this small server; the api role
+uses FastAPI on uvicorn.
+
+It does keep-alive, pipelining (answers in order), ``Expect: 100-continue``, chunked request
+bodies, a body size cap (413 before the body is read), idle and header timeouts, write
+back-pressure, and a graceful stop that finishes requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+import httptools
+
+__all__ = ["HttpServer", "Request", "Response"]
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_JSON = b"application/json"
+
+
+class Request:
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "peer", "query", "started")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        peer: str,
+        keep_alive: bool,
+        started: float,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+        self.keep_alive = keep_alive
+        self.started = started
+
+
+class Response:
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+        content_type: bytes = _JSON,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.content_type = content_type
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+Fallback = Callable[[int, bytes], Response]  # (status, message) -> response for protocol errors
+
+
+def _encode(response: Response, keep_alive: bool) -> bytes:
+    status = response.status
+    parts = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
+    ]
+    if status != 204:
+        parts.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (
+            response.content_type, len(response.body)
+        ))  # fmt: skip
+    if response.headers:
+        for name, value in response.headers:
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if status != 204:
+        parts.append(response.body)
+    return b"".join(parts)
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_busy",
+        "_closing",
+        "_expect_continue",
+        "_headers",
+        "_parser",
+        "_queue",
+        "_server",
+        "_size",
+        "_url",
+        "_write_paused",
+        "last_active",
+        "mid_request",
+        "peer",
+        "transport",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request] = deque()
+        self._busy = False
+        self._closing = False
+        self._write_paused = False
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+        self._expect_continue = False
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.last_active = time.monotonic()
+        self.mid_request = False
+
+    # --- transport callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self.transport = None
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b"Bad Request: protocol upgrade is not supported on this endpoint")
+        except httptools.HttpParserError:
+            self._fail(400, b"Bad Request: malformed HTTP")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # --- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.mid_request = True
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._size = 0
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key in self._headers:
+            self._headers[key] += ", " + text
+        else:
+            self._headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._server.max_body:
+            self._fail(413, b"body too large")
+            return
+        if self._headers.get("expect", "").lower() == "100-continue":
+            self._expect_continue = True
+            if self.transport is not None and not self._busy and not self._queue:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._server.max_body:
+            self._fail(413, b"body too large")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.mid_request = False
+        if self._closing:
+            return
+        url = self._url.decode("latin-1")
+        path, _, query = url.partition("?")
+        request = Request(
+            self._parser.get_method().decode("latin-1"),
+            path,
+            query,
+            self._headers,
+            b"".join(self._body) if len(self._body) != 1 else self._body[0],
+            self.peer,
+            self._parser.should_keep_alive() and not self._server.stopping,
+            time.monotonic(),
+        )
+        if self._busy:
+            self._queue.append(request)
+            if len(self._queue) > 64 and self.transport is not None:
+                self.transport.pause_reading()  # a client pipelining without reading answers
+        else:
+            self._start(request)
+
+    # --- request cycle ---------------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self._busy = True
+        self._server.inflight += 1
+        task = asyncio.get_running_loop().create_task(self._run(request))
+        self._server.tasks.add(task)
+        task.add_done_callback(self._server.tasks.discard)
+
+    async def _run(self, request: Request) -> None:
+        server = self._server
+        try:
+            response = await server.handler(request)
+        except Exception:  # a bug must not kill the connection silently
+            server.log_exception("unhandled error in request handler")
+            response = server.fallback(500, b"internal error")
+        finally:
+            server.inflight -= 1
+        transport = self.transport
+        if transport is None:
+            return
+        keep_alive = request.keep_alive and not server.stopping
+        transport.write(_encode(response, keep_alive))
+        self._busy = False
+        self.last_active = time.monotonic()
+        if not keep_alive:
+            self._close()
+            return
+        if self._queue:
+            if not self._write_paused:
+                transport.resume_reading()
+            self._start(self._queue.popleft())
+
+    def _fail(self, status: int, message: bytes) -> None:
+        """Answer a protocol-level error and close: the stream cannot be trusted further."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.clear()
+        if self.transport is not None and not self._busy:
+            self.transport.write(_encode(self._server.fallback(status, message), False))
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def close_if_idle(self, now: float) -> None:
+        server = self._server
+        if self._busy or self._queue:
+            return
+        idle = now - self.last_active
+        limit = server.header_timeout if self.mid_request else server.keepalive_timeout
+        if server.stopping or idle > limit:
+            self._close()
+
+
+class HttpServer:
+    """Owns the listening socket(s) and the connections; ``serve`` then ``shutdown``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        fallback: Fallback,
+        *,
+        max_body: int,
+        keepalive_timeout: float = 75.0,
+        header_timeout: float = 30.0,
+        log_exception: Callable[[str], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.fallback = fallback
+        self.max_body = max_body
+        self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.inflight = 0
+        self.stopping = False
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self.log_exception = log_exception or (lambda message: None)
+
+    async def serve(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start listening; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_port=reuse_port or None, backlog=2048
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.close_if_idle(now)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish (up to ``timeout``), close the rest."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.close_if_idle(now)
+        deadline = time.monotonic() + timeout
+        while self.tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self.tasks), timeout=deadline - time.monotonic())
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.connections):
+            conn._close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)

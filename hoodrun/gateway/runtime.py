@@ -1,0 +1,166 @@
+"""The gateway process's lifespan: open every store, pool and client once, close in reverse.
+
+``GatewayRuntime`` is an async context manager; ``hoodrun gateway`` runs one, ``hoodrun up`` runs
+one beside the api role (sharing its store and key events), and the tests run many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hoodrun.config import Config, parse_listen
+from hoodrun.gateway.app import Gateway
+from hoodrun.gateway.http import HttpServer
+from hoodrun.gateway.metrics import GatewayMetrics, MetricsSink
+from hoodrun.keys.events import KeyEvents, LocalKeyEvents
+from hoodrun.keys.redis_events import RedisKeyEvents
+from hoodrun.keys.service import KeyService
+from hoodrun.keys.verifier import KeyVerifier
+from hoodrun.limits import Limiter, MemoryLimiter, RedisLimiter
+from hoodrun.store import Store
+from hoodrun.telemetry.sink import FanoutSink, TelemetrySink
+from hoodrun.upstreams import ChainPool
+
+__all__ = ["GatewayRuntime", "open_key_events"]
+
+log = logging.getLogger("hoodrun.gateway")
+
+
+async def open_key_events(config: Config, stack: AsyncExitStack) -> KeyEvents:
+    """The key change bus: Redis pub/sub when configured, else in-process."""
+    if config.redis_url is None:
+        return LocalKeyEvents()
+    events = RedisKeyEvents(config.redis_url, config.redis_prefix)
+    await events.start()
+    stack.push_async_callback(events.aclose)
+    return events
+
+
+class GatewayRuntime:
+    """Everything one gateway process holds. Use ``async with``; ``port`` is the bound port."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        events: KeyEvents | None = None,
+        sinks: tuple[TelemetrySink, ...] = (),
+        port: int | None = None,
+        reuse_port: bool = False,
+        key_poll_interval: float = 1.0,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._events = events
+        self._extra_sinks = sinks
+        self._port = port
+        self._reuse_port = reuse_port
+        self._poll_interval = key_poll_interval
+        self._stack = AsyncExitStack()
+        self.port = 0
+        self.gateway: Gateway | None = None
+        self.keys: KeyService | None = None
+        self.server: HttpServer | None = None
+        self.metrics = GatewayMetrics()
+
+    async def __aenter__(self) -> GatewayRuntime:
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _open(self) -> None:
+        config, stack = self.config, self._stack
+        store = self._store
+        if store is None:
+            store = await stack.enter_async_context(Store(config.database_url))
+            await store.sync_plans(config.plans)
+        events = self._events or await open_key_events(config, stack)
+        self.keys = keys = KeyService(store, config, events)
+        verifier = KeyVerifier(
+            keys.lookup,
+            ttl=config.gateway.key_cache_ttl,
+            negative_ttl=config.gateway.key_negative_ttl,
+            degrade_ttl=config.gateway.key_degrade_ttl,
+        )
+        events.subscribe(verifier.purge)
+        self.verifier = verifier
+
+        limiter: Limiter
+        readiness: dict[str, Any] = {"store": store.ping}
+        if config.redis_url is not None:
+            import redis.asyncio as redis
+
+            client = redis.Redis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            stack.push_async_callback(client.aclose)
+            limiter = RedisLimiter(client, config.redis_prefix)
+
+            async def redis_ping() -> None:
+                await client.ping()
+
+            readiness["redis"] = redis_ping
+        else:
+            limiter = MemoryLimiter()
+        stack.push_async_callback(limiter.aclose)
+
+        pools: dict[str, ChainPool] = {}
+        for chain in config.chains:
+            pool = ChainPool(chain, config.health_for(chain), config.gateway)
+            await pool.start()
+            stack.push_async_callback(pool.aclose)
+            pools[chain.name] = pool
+
+        sink = FanoutSink((MetricsSink(self.metrics), *self._extra_sinks))
+        stack.push_async_callback(sink.aclose)
+        self.gateway = gateway = Gateway(
+            config,
+            verifier=verifier,
+            pools=pools,
+            sink=sink,
+            metrics=self.metrics,
+            limiter=limiter,
+            readiness=readiness,
+        )
+        server = HttpServer(
+            gateway.handle,
+            gateway.fallback,
+            max_body=config.gateway.max_body_bytes,
+            log_exception=lambda message: log.exception(message),
+        )
+        host, port = parse_listen(config.listen)
+        self.port = await server.serve(host, self._port if self._port is not None else port, reuse_port=self._reuse_port)
+        self.server = server
+        stack.push_async_callback(server.shutdown)
+        poller = asyncio.get_running_loop().create_task(self._poll_key_changes(keys, verifier))
+
+        async def stop_poller() -> None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+        stack.push_async_callback(stop_poller)
+
+    async def _poll_key_changes(self, keys: KeyService, verifier: KeyVerifier) -> None:
+        """Safety net beside the events bus: purge keys changed by any process (CLI included)."""
+        watermark = datetime.now(UTC) - timedelta(seconds=5)
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                hashes, newest = await keys.changed_since(watermark)
+            except Exception:  # the store may be down: degrade mode covers the keys
+                continue
+            for key_hash in hashes:
+                verifier.purge(key_hash)
+            # Overlap a little: writers' clocks and commit order are not exact.
+            watermark = max(watermark, newest - timedelta(seconds=2))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()

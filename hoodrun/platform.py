@@ -1,0 +1,125 @@
+"""Running the platform's roles: ``gateway``, ``api``, or both in one process (``hoodrun up``).
+
+One process, one lifespan: every resource is opened in an ``AsyncExitStack`` and closed in
+reverse on SIGINT/SIGTERM, after the gateway has finished the requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from hoodrun.api.app import create_api_app
+from hoodrun.config import ChainConfig, Config, UpstreamConfig, parse_listen
+from hoodrun.devnet import Anvil, ensure_anvil
+from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
+from hoodrun.keys.service import KeyService
+from hoodrun.store import Store, upgrade
+
+__all__ = ["DEVNET_CHAINS", "DemoInfo", "run_platform", "start_devnet"]
+
+log = logging.getLogger("hoodrun")
+
+# (chain name, chain id) of the devnet: two anvils are two different chains, never replicas.
+DEVNET_CHAINS = (("eth", 1), ("base", 8453))
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside our lifespan: signals are ours, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class DemoInfo:
+    gateway_url: str
+    api_url: str
+    key: str
+    key_id: str
+    chains: list[str]
+
+
+def start_devnet(config: Config, stack: contextlib.ExitStack) -> Config:
+    """Start one anvil per devnet chain and point the config's chains at them."""
+    binary = ensure_anvil(Path(config.data_dir))
+    chains = []
+    for name, chain_id in DEVNET_CHAINS:
+        node = Anvil(binary, chain_id=chain_id).start()
+        stack.callback(node.stop)
+        chains.append(
+            ChainConfig(
+                name=name,
+                chain_id=chain_id,
+                upstreams=(UpstreamConfig(name=f"{name}-anvil", url=node.url),),
+            )
+        )
+    return config.model_copy(update={"chains": tuple(chains)})
+
+
+async def run_platform(
+    config: Config,
+    *,
+    gateway: bool = True,
+    api: bool = True,
+    demo: bool = False,
+    ready: Callable[[DemoInfo | None], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the chosen roles until SIGINT/SIGTERM (or ``stop`` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if config.database_url.startswith("sqlite"):
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    await upgrade(config.database_url)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(config.database_url))
+        await store.sync_plans(config.plans)
+        events = await open_key_events(config, stack)
+        keys = KeyService(store, config, events)
+        gateway_url = api_url = ""
+        if gateway:
+            runtime = await stack.enter_async_context(
+                GatewayRuntime(config, store=store, events=events)
+            )
+            host, _ = parse_listen(config.listen)
+            gateway_url = f"http://{host}:{runtime.port}"
+        if api:
+            host, port = parse_listen(config.api_listen)
+            app = create_api_app(config, keys, token=config.resolved_admin_token())
+            server = _Uvicorn(
+                uvicorn.Config(app, host=host, port=port, log_level=config.log_level, lifespan="off")
+            )
+            task = loop.create_task(server.serve())
+
+            async def stop_api() -> None:
+                server.should_exit = True
+                await task
+
+            stack.push_async_callback(stop_api)
+            while not server.started and not task.done():
+                await asyncio.sleep(0.02)
+            if task.done():
+                task.result()  # raises the bind error
+            api_url = f"http://{host}:{port}"
+        info = None
+        if demo:
+            plan = "pro" if config.plan("pro") else config.default_plan
+            created = await keys.create(org="demo", project="demo", plan=plan, name="demo", actor="up")
+            info = DemoInfo(gateway_url, api_url, created.key, created.id, [c.name for c in config.chains])
+        if ready is not None:
+            ready(info)
+        await stop.wait()
+        log.info("stopping: finishing requests in flight")
