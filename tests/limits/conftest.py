@@ -1,0 +1,27 @@
+"""Limiter fixtures: one harness per backend, so the behaviour tests run against both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from hoodrun.limits import MemoryLimiter, RedisLimiter
+
+from .support import FakeClock, Harness
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def harness(
+    request: pytest.FixtureRequest, redis_client: Redis, redis_prefix: str
+) -> AsyncIterator[Harness]:
+    if request.param == "memory":
+        clock = FakeClock()
+        limiter = MemoryLimiter(clock=clock)
+        yield Harness("memory", limiter, clock)
+        await limiter.aclose()
+    else:
+        redis_limiter = RedisLimiter(redis_client, redis_prefix)
+        yield Harness("redis", redis_limiter)
+        await redis_limiter.aclose()

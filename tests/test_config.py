@@ -1,0 +1,70 @@
+"""The config: the sample loads, env overrides apply, errors name the key and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hoodrun.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "hoodrun.example.yaml"
+
+
+def test_sample_loads() -> None:
+    config = load_config(SAMPLE, env={})
+    assert [c.name for c in config.chains] == ["eth", "base"]
+    free = config.plan("free")
+    assert free is not None and free.rate.rps == 10 and free.rate.capacity == 20
+    assert not free.methods.permits("eth_sendRawTransaction")
+    assert config.plan("enterprise").rate.capacity == 2000  # type: ignore[union-attr]
+
+
+def test_env_overrides() -> None:
+    env = {
+        "HOODRUN_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/x",
+        "HOODRUN_GATEWAY__MAX_BATCH": "50",
+        "HOODRUN_ADMIN_TOKEN": "s3cret",
+        "UNRELATED": "1",
+    }
+    config = load_config(SAMPLE, env=env)
+    assert config.database_url.startswith("postgresql://")
+    assert config.gateway.max_batch == 50
+    assert config.resolved_admin_token() == "s3cret"
+    assert "s3cret" not in repr(config)
+
+
+def test_errors_name_the_key_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "listen: 127.0.0.1:8000\n"
+        "chains:\n"
+        "  - name: eth\n"
+        "    chain_id: 1\n"
+        "    upstreams:\n"
+        "      - {name: a, url: ftp://nope}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad, env={})
+    message = str(caught.value)
+    assert "bad.yaml:6" in message and "chains.0.upstreams.0.url" in message
+    assert "http://" in message
+    bad.write_text("chains:\n  - name: metrics\n    chain_id: 1\n    upstreams: [{name: a, url: 'http://x:1/'}]\n")
+    with pytest.raises(ConfigError, match="reserved"):
+        load_config(bad, env={})
+    bad.write_text("listen: nowhere\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:1: listen"):
+        load_config(bad, env={})
+    bad.write_text("surprise: 1\n")
+    with pytest.raises(ConfigError, match="surprise"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", env={})
+
+
+def test_plan_references_are_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "plans.yaml"
+    bad.write_text("default_plan: gold\nplans:\n  - {name: free, rate: {rps: 1}}\n")
+    with pytest.raises(ConfigError, match="default_plan 'gold'"):
+        load_config(bad, env={})
