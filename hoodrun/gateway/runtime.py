@@ -99,7 +99,16 @@ class GatewayRuntime:
         if config.redis_url is not None:
             import redis.asyncio as redis
 
-            client = redis.Redis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            # A blocking pool: past max_connections a decision waits briefly for a connection
+            # instead of failing (which would fail the limits open exactly under load).
+            pool = redis.BlockingConnectionPool.from_url(
+                config.redis_url,
+                max_connections=256,
+                timeout=1.0,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            )
+            client = redis.Redis.from_pool(pool)
             stack.push_async_callback(client.aclose)
             limiter = RedisLimiter(client, config.redis_prefix)
 

@@ -105,7 +105,14 @@ def test_per_window_spreads_the_limit_over_the_window() -> None:
 
 @pytest.mark.parametrize(
     ("key", "rate", "capacity"),
-    [("", 1.0, 1), ("k", 0.0, 1), ("k", -1.0, 1), ("k", float("nan"), 1), ("k", 1.0, 0)],
+    [
+        ("", 1.0, 1),
+        ("k", 0.0, 1),
+        ("k", -1.0, 1),
+        ("k", float("nan"), 1),
+        ("k", float("inf"), 1),
+        ("k", 1.0, 0),
+    ],
 )
 def test_bucket_refuses_nonsense(key: str, rate: float, capacity: int) -> None:
     with pytest.raises(ValueError, match="Bucket"):

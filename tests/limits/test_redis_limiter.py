@@ -7,6 +7,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -232,5 +233,68 @@ async def test_after_a_failure_redis_is_left_alone_for_the_cooldown(
         with pytest.raises(LimiterUnavailable):
             await limiter.acquire([bucket])
         assert connections[0] > tried
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def stalling_proxy() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A TCP proxy to the real Redis whose first connection is swallowed (a stuck socket).
+
+    Yields its port and an event set once that first connection is open.
+    """
+    target = urlsplit(REDIS_URL)
+    first_open = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+    pipes: list[asyncio.Task[None]] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        if not first_open.is_set():
+            first_open.set()
+            return  # the socket stays open and silent
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port or 6379)
+        writers.append(up_writer)
+        pipes.append(asyncio.create_task(pipe(reader, up_writer)))
+        pipes.append(asyncio.create_task(pipe(up_reader, writer)))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1], first_open
+    for writer in writers:
+        writer.close()
+    for task in pipes:
+        task.cancel()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_failure_while_others_get_answers_starts_no_cooldown(
+    stalling_proxy: tuple[int, asyncio.Event], redis_client: Redis, redis_prefix: str
+) -> None:
+    port, first_open = stalling_proxy
+    db = int(urlsplit(REDIS_URL).path.strip("/") or 0)
+    pool = BlockingConnectionPool(host="127.0.0.1", port=port, db=db, max_connections=4)
+    client = Redis.from_pool(pool)
+    limiter = RedisLimiter(client, redis_prefix, timeout=0.5, clock=FakeClock())
+    bucket = Bucket("k:a", SLOW, 10)
+    try:
+        stuck = asyncio.create_task(limiter.acquire([bucket]))
+        await first_open.wait()
+        assert (await limiter.acquire([bucket])).allowed  # on a second connection, answered
+        with pytest.raises(LimiterUnavailable):
+            await stuck
+        # Redis answered someone while `stuck` waited: it is not down, so no cooldown began
+        # (the fake clock never moves, so a cooldown would refuse this call).
+        assert (await limiter.acquire([bucket])).remaining == 8
     finally:
         await client.aclose()
