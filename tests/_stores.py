@@ -28,6 +28,7 @@ __all__ = [
     "clock",
     "database_url",
     "empty_database_url",
+    "pg_admin",
     "pg_clean",
     "pg_migrated",
     "sqlite_template",
@@ -98,8 +99,8 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield opened
 
 
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
+async def pg_admin(sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
@@ -115,11 +116,11 @@ async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> 
         yield f"sqlite:///{tmp_path / 'new' / 'hoodrun.db'}"
         return
     name = f"hoodrun_test_{uuid.uuid4().hex[:12]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    await pg_admin(f'CREATE DATABASE "{name}"')
     try:
         yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # Databases that cannot be reached: a closed port, a directory that does not exist.

@@ -1,1 +1,100 @@
-"""cli"""
+"""The ``hoodrun`` command line: ``hoodrun [-c CONFIG] keys|db|gateway|up ...``.
+
+The config is loaded lazily, once, by the first command that needs it (so ``--help`` works even
+with a broken config file). Error conventions: an invalid config exits 2, a user error (unknown
+plan, no such key, database unreachable) prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from hoodrun.config import Config, ConfigError, load_config
+
+__all__ = ["CliState", "app", "config_of", "fail", "main", "stderr", "stdout"]
+
+DEFAULT_CONFIG = Path("hoodrun.yaml")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="HoodRun: a self-hostable multi-chain JSON-RPC provider platform.",
+    pretty_exceptions_enable=False,
+)
+
+# Shared consoles. Messages on stderr are not wrapped by rich, so an error stays on one line.
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class CliState:
+    """What the root command leaves for its subcommands in ``ctx.obj``."""
+
+    config_path: Path | None
+    _config: Config | None = field(default=None, repr=False)
+
+    def config(self) -> Config:
+        if self._config is None:
+            path = self.config_path
+            if path is None and DEFAULT_CONFIG.exists():
+                path = DEFAULT_CONFIG
+            try:
+                self._config = load_config(path)
+            except ConfigError as exc:
+                stderr.print(escape(str(exc)))
+                raise typer.Exit(2) from None
+        return self._config
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="HOODRUN_CONFIG",
+            help="Config file (default: ./hoodrun.yaml if present, else built-in defaults).",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = CliState(config)
+
+
+def config_of(ctx: typer.Context) -> Config:
+    """The loaded config (exits 2 with the config error's message if it is invalid)."""
+    state = ctx.find_root().obj
+    if not isinstance(state, CliState):  # a sub-app invoked on its own, e.g. in a test
+        state = CliState(None)
+        ctx.find_root().obj = state
+    return state.config()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    stderr.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()
+
+
+from hoodrun.cli import db as _db  # noqa: E402
+from hoodrun.cli import keys as _keys  # noqa: E402
+
+app.add_typer(_keys.app, name="keys")
+app.add_typer(_db.app, name="db")
+
+from hoodrun.cli import run as _run  # noqa: E402
+
+_run.register(app)

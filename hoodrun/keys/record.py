@@ -46,3 +46,8 @@ class KeyRecord:
         if self.expires_at is not None and self.expires_at <= now:
             return "key_expired"
         return None
+
+    def status_at(self, now: datetime) -> str:
+        """``active``, ``revoked``, ``disabled`` or ``expired``: ``usable_at`` in a word."""
+        reason = self.usable_at(now)
+        return "active" if reason is None else reason.removeprefix("key_")

@@ -62,7 +62,11 @@ async def test_health_needs_no_token(client: httpx.AsyncClient) -> None:
 async def test_admin_routes_need_the_token(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
-    for method, path in [("GET", "/admin/v1/keys"), ("POST", "/admin/v1/keys"), ("GET", "/admin/v1/audit")]:
+    for method, path in [
+        ("GET", "/admin/v1/keys"),
+        ("POST", "/admin/v1/keys"),
+        ("GET", "/admin/v1/audit"),
+    ]:
         response = await client.request(method, path, headers=headers, json={"org": "x"})
         _error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"] == "Bearer"
@@ -101,9 +105,7 @@ async def test_create_shows_the_key_once(
     assert record.hash == hash_key(key)
     assert body["org"] == "acme" and body["project"] == "default" and body["plan"] == "pro"
     assert body["chains"] == ["eth"] and body["status"] == "active" and body["rps"] == 5
-    assert body["expires_at"] == (clock.now + timedelta(days=30)).isoformat().replace(
-        "+00:00", "Z"
-    )
+    assert body["expires_at"] == (clock.now + timedelta(days=30)).isoformat().replace("+00:00", "Z")
     assert "hash" not in body
 
     listed = await client.get("/admin/v1/keys", headers=AUTH, params={"org": "acme"})

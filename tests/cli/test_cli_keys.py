@@ -138,7 +138,10 @@ def test_lifecycle(hoodrun: Hoodrun) -> None:
     assert "cli" in audit.stdout
     for secret in (created["key"], new_key, rotated_json["key"]):
         assert secret not in audit.output and hash_key(secret) not in audit.output
-    assert len(json.loads(_ok(hoodrun("keys", "audit", "--json", "--limit", "2")).stdout)["entries"]) == 2
+    assert (
+        len(json.loads(_ok(hoodrun("keys", "audit", "--json", "--limit", "2")).stdout)["entries"])
+        == 2
+    )
 
 
 def test_unknown_key(hoodrun: Hoodrun) -> None:
@@ -198,7 +201,9 @@ async def test_changes_reach_gateways_over_redis(
         assert await asyncio.wait_for(heard.get(), 5) == hash_key(body["key"])
 
 
-def test_redis_down_does_not_fail_the_change(tmp_path: Path, database_url: str, hoodrun: Hoodrun) -> None:
+def test_redis_down_does_not_fail_the_change(
+    tmp_path: Path, database_url: str, hoodrun: Hoodrun
+) -> None:
     config = _write_config(
         tmp_path / "redis.yaml", database_url=database_url, redis_url="redis://127.0.0.1:1/0"
     )

@@ -1,4 +1,4 @@
-"""KeyService on SQLite and PostgreSQL: lifecycle, audit, events, lookup, and what is never stored."""
+"""KeyService on SQLite and PostgreSQL: lifecycle, audit, events, lookup; what is never stored."""
 
 from __future__ import annotations
 
@@ -9,14 +9,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from tests._stores import UNREACHABLE_URLS, FakeClock, _pg_admin
 from hoodrun.config import Config, load_config
-from hoodrun.keys.errors import InvalidKeyOptions, KeyNotFound, KeyRevoked, UnknownChain, UnknownPlan
+from hoodrun.keys.errors import (
+    InvalidKeyOptions,
+    KeyNotFound,
+    KeyRevoked,
+    UnknownChain,
+    UnknownPlan,
+)
 from hoodrun.keys.events import LocalKeyEvents
 from hoodrun.keys.secret import hash_key, key_start, looks_like_key
 from hoodrun.keys.service import CHANGES_OVERLAP, KeyService
 from hoodrun.store import Store, StoreUnavailable
-from hoodrun.store.tables import api_keys, audit_log, metadata, orgs, projects
+from hoodrun.store.tables import audit_log, metadata, orgs, projects
+from tests._stores import UNREACHABLE_URLS, FakeClock, pg_admin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +34,7 @@ def config() -> Config:
 
 @pytest.fixture
 def events() -> tuple[LocalKeyEvents, list[str]]:
-    bus, seen = LocalKeyEvents(), []
+    bus, seen = LocalKeyEvents(), list[str]()
     bus.subscribe(seen.append)
     return bus, seen
 
@@ -43,9 +49,7 @@ def service(
 async def _all_rows(store: Store) -> str:
     """Every row of every table, as text."""
     async with store.connect() as conn:
-        return repr(
-            [(await conn.execute(select(table))).all() for table in metadata.sorted_tables]
-        )
+        return repr([(await conn.execute(select(table))).all() for table in metadata.sorted_tables])
 
 
 async def test_create_stores_only_the_hash(
@@ -68,8 +72,8 @@ async def test_create_stores_only_the_hash(
     assert record.org == "acme" and record.org_id.startswith("org_")
     assert record.project == "default" and record.project_id.startswith("prj_")
     assert record.plan == "pro"
-    assert record.chains == {"eth", "base"}
-    assert record.origins == {"https://app.example.com"}
+    assert record.chains == frozenset({"eth", "base"})
+    assert record.origins == frozenset({"https://app.example.com"})
     assert record.methods_allow is None
     assert record.methods_deny == {"eth_sendRawTransaction"}
     assert record.created_at == clock.now
@@ -93,9 +97,7 @@ async def test_lookup_is_the_gateway_view(service: KeyService) -> None:
     assert await service.lookup(hash_key("hr_unknownunknownunknown")) is None
 
 
-async def test_effective_plan_key_then_org_then_default(
-    service: KeyService, store: Store
-) -> None:
+async def test_effective_plan_key_then_org_then_default(service: KeyService, store: Store) -> None:
     plain = await service.create(org="acme")
     own = await service.create(org="acme", plan="enterprise")
     assert plain.record.plan == "free"  # config.default_plan
@@ -303,8 +305,7 @@ async def test_survives_a_postgresql_restart(pg_clean: str, config: Config) -> N
     async with Store(pg_clean) as store:
         service = KeyService(store, config)
         created = await service.create(org="acme")
-        await _pg_admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{pg_clean.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()"
-        )
+        database = pg_clean.rsplit("/", 1)[1]
+        kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'"
+        await pg_admin(kill.format(database))
         assert await service.lookup(created.record.hash) == created.record

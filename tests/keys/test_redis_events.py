@@ -45,8 +45,10 @@ async def _next(queue: asyncio.Queue[str]) -> str:
 async def test_instances_on_one_prefix_hear_each_other(
     make_events: Factory, redis_prefix: str
 ) -> None:
-    a, b, elsewhere = make_events(redis_prefix), make_events(redis_prefix), make_events(
-        f"{redis_prefix}-other"
+    a, b, elsewhere = (
+        make_events(redis_prefix),
+        make_events(redis_prefix),
+        make_events(f"{redis_prefix}-other"),
     )
     assert a.channel == f"{redis_prefix}:keys:changed"
     inbox_a, inbox_b, inbox_elsewhere = _inbox(a), _inbox(b), _inbox(elsewhere)

@@ -1,4 +1,4 @@
-"""The business store on SQLite and PostgreSQL: lifecycle, migrations, times, plans, availability."""
+"""The business store on SQLite and PostgreSQL: lifecycle, migrations, times, plans, outages."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import insert, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
-from tests._stores import UNREACHABLE_URLS
 from hoodrun.config import load_config
 from hoodrun.store import Store, StoreClosed, StoreUnavailable, async_url, upgrade
-from hoodrun.store.tables import orgs, plans
+from hoodrun.store.tables import metadata, orgs, plans
+from tests._stores import UNREACHABLE_URLS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,3 +133,14 @@ async def test_sqlite_is_shared_by_processes(tmp_path: Path) -> None:
                 "org_a",
                 "org_b",
             ]
+
+
+async def test_migrations_match_the_table_definitions(store: Store) -> None:
+    """What ``upgrade`` builds is what ``hoodrun.store.tables`` describes, on both backends."""
+
+    def compare(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    async with store.connect() as conn:
+        assert await conn.run_sync(compare) == []

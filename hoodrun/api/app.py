@@ -1,0 +1,177 @@
+"""The admin API (``/admin/v1``): keys and the audit log, behind one bearer token.
+
+Errors are JSON ``{"error": {"code": "...", "message": "..."}}``: 400 invalid options, 401 no
+or wrong token, 404 no such key, 409 a revoked key cannot be rotated, 422 malformed body,
+503 the database is unreachable. Changes are audited with the actor ``admin-api``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from hoodrun import __version__
+from hoodrun.api.models import (
+    AuditEntryOut,
+    AuditOut,
+    CreatedKeyOut,
+    CreateKeyRequest,
+    ErrorOut,
+    KeyListOut,
+    KeyOut,
+    RotateKeyRequest,
+)
+from hoodrun.config import Config
+from hoodrun.keys.durations import parse_duration
+from hoodrun.keys.errors import KeysError
+from hoodrun.keys.service import KeyService
+from hoodrun.store import StoreUnavailable
+
+__all__ = ["ACTOR", "create_api_app"]
+
+ACTOR = "admin-api"
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+
+
+def _error(status_code: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _bearer(token: str | None) -> Callable[..., Awaitable[None]]:
+    expected = token.encode() if token else None
+
+    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if expected is None:
+            raise ApiError(
+                401,
+                "admin_disabled",
+                "the admin API has no token: set HOODRUN_ADMIN_TOKEN (or admin_token_file)",
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <admin token>")
+        if not hmac.compare_digest(given.strip().encode(), expected):
+            raise ApiError(401, "unauthorized", "the admin token is not valid")
+
+    return check
+
+
+def create_api_app(config: Config, keys: KeyService, *, token: str | None) -> FastAPI:
+    """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
+
+    ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
+    ``config`` is unused so far: key options are checked by ``keys`` against its own config.
+    """
+    app = FastAPI(
+        title="HoodRun admin API",
+        version=__version__,
+        docs_url="/admin/docs",
+        openapi_url="/admin/openapi.json",
+        redoc_url=None,
+    )
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (400, 401, 404, 409, 422, 503)
+    }
+    admin = APIRouter(prefix="/admin/v1", dependencies=[Depends(_bearer(token))], responses=errors)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(KeysError)
+    async def keys_error(_: Request, exc: KeysError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return _error(503, "store_unavailable", "the database is unavailable; try again shortly")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        return _error(422, "invalid_request", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @admin.post("/keys", status_code=status.HTTP_201_CREATED)
+    async def create_key(body: CreateKeyRequest) -> CreatedKeyOut:
+        expires_in = None
+        if body.expires_in is not None:
+            expires_in = parse_duration(body.expires_in, option="expires_in")
+        created = await keys.create(
+            org=body.org,
+            project=body.project,
+            plan=body.plan,
+            chains=body.chains,
+            origins=body.origins,
+            expires_in=expires_in,
+            name=body.name,
+            methods_allow=body.methods_allow,
+            methods_deny=body.methods_deny,
+            rps=body.rps,
+            burst=body.burst,
+            actor=ACTOR,
+        )
+        return CreatedKeyOut.of(created.record, keys.now(), key=created.key)
+
+    @admin.get("/keys")
+    async def list_keys(org: str | None = None) -> KeyListOut:
+        records = await keys.list(org=org)
+        now = keys.now()
+        return KeyListOut(keys=[KeyOut.of(r, now) for r in records])
+
+    @admin.get("/keys/{key_id}")
+    async def get_key(key_id: str) -> KeyOut:
+        return KeyOut.of(await keys.get(key_id), keys.now())
+
+    @admin.post("/keys/{key_id}/revoke")
+    async def revoke_key(key_id: str) -> KeyOut:
+        return KeyOut.of(await keys.revoke(key_id, actor=ACTOR), keys.now())
+
+    @admin.post("/keys/{key_id}/disable")
+    async def disable_key(key_id: str) -> KeyOut:
+        return KeyOut.of(await keys.disable(key_id, actor=ACTOR), keys.now())
+
+    @admin.post("/keys/{key_id}/enable")
+    async def enable_key(key_id: str) -> KeyOut:
+        return KeyOut.of(await keys.enable(key_id, actor=ACTOR), keys.now())
+
+    @admin.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED)
+    async def rotate_key(key_id: str, body: RotateKeyRequest | None = None) -> CreatedKeyOut:
+        seconds = body.grace_seconds if body is not None else None
+        grace = parse_duration(seconds, option="grace_seconds") if seconds else None
+        created = await keys.rotate(key_id, grace=grace, actor=ACTOR)
+        return CreatedKeyOut.of(created.record, keys.now(), key=created.key, rotated_from=key_id)
+
+    @admin.get("/audit")
+    async def audit(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        target_id: str | None = None,
+    ) -> AuditOut:
+        entries = await keys.audit(limit=limit, target_id=target_id)
+        return AuditOut(entries=[AuditEntryOut.model_validate(e) for e in entries])
+
+    app.include_router(admin)
+    return app
