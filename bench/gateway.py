@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from hoodrun.devnet import Anvil, ensure_anvil, free_port  # noqa: E402
 
-HOODRUN = str(ROOT / ".venv" / "bin" / "hoodrun") if (ROOT / ".venv/bin/hoodrun").exists() else "hoodrun"
+HOODRUN = (
+    str(ROOT / ".venv" / "bin" / "hoodrun") if (ROOT / ".venv/bin/hoodrun").exists() else "hoodrun"
+)
 
 
 @dataclass
@@ -79,7 +81,9 @@ def _wait_http(url: str, body: bytes, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+            req = urllib.request.Request(
+                url, data=body, headers={"content-type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=1) as resp:  # noqa: S310 (127.0.0.1)
                 if resp.status == 200:
                     return
@@ -112,10 +116,16 @@ http {{
     return proc, port
 
 
-def start_gateway(tmp: Path, anvil: Anvil, redis: bool, workers: int) -> tuple[list[subprocess.Popen[bytes]], int, str]:
+def start_gateway(
+    tmp: Path, anvil: Anvil, redis: bool, workers: int
+) -> tuple[list[subprocess.Popen[bytes]], int, str]:
     port = free_port()
     cfg = tmp / "hoodrun.yaml"
-    redis_line = "redis_url: redis://127.0.0.1:6379/0\nredis_prefix: hoodrun-bench-" + str(os.getpid()) if redis else ""
+    redis_line = (
+        "redis_url: redis://127.0.0.1:6379/0\nredis_prefix: hoodrun-bench-" + str(os.getpid())
+        if redis
+        else ""
+    )
     cfg.write_text(f"""
 listen: 127.0.0.1:{port}
 database_url: sqlite:///{tmp}/bench.db

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "DEFAULT_PLANS",
     "ChainConfig",
     "Config",
     "ConfigError",
@@ -178,6 +179,21 @@ class GatewayConfig(_Model):
         return value
 
 
+# The seed's rate tiers, used when a config declares no plans of its own.
+DEFAULT_PLANS = (
+    PlanConfig(
+        name="free",
+        rate=RateConfig(rps=10, burst=20),
+        methods=MethodRules(deny=("eth_sendRawTransaction",)),
+        description="10 requests/s, burst 20; no transactions",
+    ),
+    PlanConfig(name="pro", rate=RateConfig(rps=100, burst=200), description="100 requests/s"),
+    PlanConfig(
+        name="enterprise", rate=RateConfig(rps=1000, burst=2000), description="1000 requests/s"
+    ),
+)
+
+
 class Config(_Model):
     listen: str = "127.0.0.1:8000"
     api_listen: str = "127.0.0.1:8001"
@@ -195,7 +211,9 @@ class Config(_Model):
     health: HealthConfig = HealthConfig()
     public: PublicAccess = PublicAccess()
     chains: tuple[ChainConfig, ...] = ()
-    plans: tuple[PlanConfig, ...] = ()
+    plans: tuple[PlanConfig, ...] = Field(
+        default=DEFAULT_PLANS, description="Plans sold; without any, free/pro/enterprise."
+    )
 
     @field_validator("listen", "api_listen")
     @classmethod
@@ -225,7 +243,11 @@ class Config(_Model):
         plan_names = [p.name for p in self.plans]
         if len(plan_names) != len(set(plan_names)):
             raise ValueError("plan names must be unique")
-        if self.plans and self.default_plan not in plan_names:
+        if not self.plans:
+            raise ValueError(
+                "declare at least one plan under 'plans:' (or leave it out for the defaults)"
+            )
+        if self.default_plan not in plan_names:
             raise ValueError(f"default_plan {self.default_plan!r} is not among plans")
         if self.public.enabled and self.public.plan not in plan_names:
             raise ValueError(f"public.plan {self.public.plan!r} is not among plans")

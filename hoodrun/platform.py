@@ -100,7 +100,9 @@ async def run_platform(
             host, port = parse_listen(config.api_listen)
             app = create_api_app(config, keys, token=config.resolved_admin_token())
             server = _Uvicorn(
-                uvicorn.Config(app, host=host, port=port, log_level=config.log_level, lifespan="off")
+                uvicorn.Config(
+                    app, host=host, port=port, log_level=config.log_level, lifespan="off"
+                )
             )
             task = loop.create_task(server.serve())
 
@@ -117,8 +119,12 @@ async def run_platform(
         info = None
         if demo:
             plan = "pro" if config.plan("pro") else config.default_plan
-            created = await keys.create(org="demo", project="demo", plan=plan, name="demo", actor="up")
-            info = DemoInfo(gateway_url, api_url, created.key, created.id, [c.name for c in config.chains])
+            created = await keys.create(
+                org="demo", project="demo", plan=plan, name="demo", actor="up"
+            )
+            info = DemoInfo(
+                gateway_url, api_url, created.key, created.id, [c.name for c in config.chains]
+            )
         if ready is not None:
             ready(info)
         await stop.wait()

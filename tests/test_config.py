@@ -50,7 +50,9 @@ def test_errors_name_the_key_and_line(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "bad.yaml:6" in message and "chains.0.upstreams.0.url" in message
     assert "http://" in message
-    bad.write_text("chains:\n  - name: metrics\n    chain_id: 1\n    upstreams: [{name: a, url: 'http://x:1/'}]\n")
+    bad.write_text(
+        "chains:\n  - name: metrics\n    chain_id: 1\n    upstreams: [{name: a, url: 'http://x:1/'}]\n"
+    )
     with pytest.raises(ConfigError, match="reserved"):
         load_config(bad, env={})
     bad.write_text("listen: nowhere\n")

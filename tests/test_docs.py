@@ -6,12 +6,30 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from hoodrun.config import ChainConfig, Config, GatewayConfig, HealthConfig, PlanConfig, PublicAccess, RateConfig
+from hoodrun.config import (
+    ChainConfig,
+    Config,
+    GatewayConfig,
+    HealthConfig,
+    PlanConfig,
+    PublicAccess,
+    RateConfig,
+)
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
 
 
 def test_every_config_key_is_documented() -> None:
-    models: list[type[BaseModel]] = [Config, GatewayConfig, HealthConfig, PublicAccess, ChainConfig, PlanConfig, RateConfig]
-    missing = [f"{m.__name__}.{name}" for m in models for name in m.model_fields if f"`{name}`" not in DOC]
+    models: list[type[BaseModel]] = [
+        Config,
+        GatewayConfig,
+        HealthConfig,
+        PublicAccess,
+        ChainConfig,
+        PlanConfig,
+        RateConfig,
+    ]
+    missing = [
+        f"{m.__name__}.{name}" for m in models for name in m.model_fields if f"`{name}`" not in DOC
+    ]
     assert not missing, f"document these in docs/config.md: {missing}"

@@ -49,7 +49,7 @@ def _print_demo(info: object) -> None:
     )
     stdout.print("[bold]web3.py[/]")
     stdout.print(
-        "  python3 -c \"from web3 import Web3; "
+        '  python3 -c "from web3 import Web3; '
         f"w3 = Web3(Web3.HTTPProvider('{endpoint}')); "
         "print(w3.eth.chain_id, w3.eth.block_number, "
         "w3.eth.get_balance('0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266'))\"\n",

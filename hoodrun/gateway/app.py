@@ -112,7 +112,9 @@ class Gateway:
         self._sync_limiter = self.limiter if isinstance(self.limiter, MemoryLimiter) else None
         self.metrics = metrics
         self.sink = sink
-        self.chains = {name: _Chain(config.chain(name) or _missing(name), p) for name, p in pools.items()}
+        self.chains = {
+            name: _Chain(config.chain(name) or _missing(name), p) for name, p in pools.items()
+        }
         self.ip_policy = IpPolicy(
             config.gateway.trusted_proxies, config.gateway.ip_allow, config.gateway.ip_deny
         )
@@ -147,7 +149,9 @@ class Gateway:
             if path == "/health/ready":
                 return await self._ready()
             if path == "/metrics":
-                return Response(200, self.metrics.render(), content_type=b"text/plain; version=0.0.4")
+                return Response(
+                    200, self.metrics.render(), content_type=b"text/plain; version=0.0.4"
+                )
         if method == "OPTIONS":
             return await self._preflight(request)
         error: GatewayError = MethodNotPost() if self._looks_like_rpc(path) else NotFound()
@@ -158,7 +162,9 @@ class Gateway:
         if status == 413:
             limit = self.config.gateway.max_body_bytes
             text = f"Invalid Request: the body is larger than {limit} bytes; send smaller batches"
-            return Response(413, orjson.dumps(error_object(-32600, text, None, {"reason": "body_too_large"})))
+            return Response(
+                413, orjson.dumps(error_object(-32600, text, None, {"reason": "body_too_large"}))
+            )
         code = -32600 if status < 500 else -32603
         body = orjson.dumps(error_object(code, message.decode(), None, {"reason": "bad_http"}))
         return Response(status, body)
@@ -216,7 +222,9 @@ class Gateway:
                 request.peer, request.headers.get("x-forwarded-for")
             )
             if not self.ip_policy.allowed(client_ip):
-                raise Forbidden("Forbidden: requests from this address are not allowed", reason="ip_denied")
+                raise Forbidden(
+                    "Forbidden: requests from this address are not allowed", reason="ip_denied"
+                )
             chain = self.chains.get(chain_name)
             if chain is None:
                 raise UnknownChain(
@@ -243,7 +251,9 @@ class Gateway:
                 body = await self._forward_batch(chain, record, plan, calls, trace)
                 response = Response(200 if body else 204, body, headers)
             else:
-                response = await self._forward_single(chain, record, plan, calls[0], request.body, trace)
+                response = await self._forward_single(
+                    chain, record, plan, calls[0], request.body, trace
+                )
                 if headers:
                     response.headers = headers
         except GatewayError as error:
@@ -269,7 +279,8 @@ class Gateway:
             ) from None
         if origin is not None and record.origins is not None and origin not in record.origins:
             raise Forbidden(
-                f"Forbidden: origin {origin} is not allowed for this key", reason="origin_not_allowed"
+                f"Forbidden: origin {origin} is not allowed for this key",
+                reason="origin_not_allowed",
             )
         return record
 
@@ -290,7 +301,9 @@ class Gateway:
 
     # --- limits ----------------------------------------------------------------------------
 
-    def _buckets(self, record: KeyRecord | None, plan: PlanConfig, chain: _Chain, ip: str) -> tuple[Bucket, ...]:
+    def _buckets(
+        self, record: KeyRecord | None, plan: PlanConfig, chain: _Chain, ip: str
+    ) -> tuple[Bucket, ...]:
         if record is None:
             buckets = [Bucket(f"ip:{ip}", plan.rate.rps, plan.rate.capacity)]
             if chain.global_bucket is not None:
@@ -305,7 +318,11 @@ class Gateway:
             rate = RateConfig(rps=record.rps, burst=record.burst or max(1, int(record.rps * 2)))
         built = [Bucket(f"k:{record.id}", rate.rps, rate.capacity)]
         if plan.chain_rate is not None:
-            built.append(Bucket(f"kc:{record.id}:{chain.name}", plan.chain_rate.rps, plan.chain_rate.capacity))
+            built.append(
+                Bucket(
+                    f"kc:{record.id}:{chain.name}", plan.chain_rate.rps, plan.chain_rate.capacity
+                )
+            )
         if rate.per_minute is not None:
             built.append(Bucket.per_window(f"km:{record.id}", rate.per_minute, 60.0))
         if rate.per_hour is not None:
@@ -346,8 +363,16 @@ class Gateway:
         if not decision.allowed:
             scope = (decision.bucket or "k").split(":", 1)[0]
             self.metrics.child(self.metrics.rate_limited, chain.name, scope).inc()
-            retry_after = max(1, math.ceil(decision.retry_after)) if math.isfinite(decision.retry_after) else 3600
-            what = {"c": "this chain's global", "ip": "this address's", "kc": "this key's per-chain"}.get(scope, "this key's")
+            retry_after = (
+                max(1, math.ceil(decision.retry_after))
+                if math.isfinite(decision.retry_after)
+                else 3600
+            )
+            what = {
+                "c": "this chain's global",
+                "ip": "this address's",
+                "kc": "this key's per-chain",
+            }.get(scope, "this key's")
             raise RateLimited(
                 f"Rate limit exceeded: {what} limit allows {decision.limit} calls in a burst; "
                 f"retry after {retry_after} s",
@@ -411,7 +436,9 @@ class Gateway:
         for index, call in enumerate(calls):
             method = call.method
             if method is None:
-                answers[index] = error_object(-32600, "Invalid Request", call.id, {"reason": "invalid_request"})
+                answers[index] = error_object(
+                    -32600, "Invalid Request", call.id, {"reason": "invalid_request"}
+                )
             elif not self._permits(record, plan, method):
                 if not call.notification:
                     answers[index] = error_object(
@@ -440,7 +467,8 @@ class Gateway:
     ) -> None:
         # Ids are replaced by positions so duplicate or odd client ids cannot mix answers up.
         upstream_batch = [
-            call.obj if call.notification else {**call.obj, "id": n} for n, (_, call) in enumerate(reads)
+            call.obj if call.notification else {**call.obj, "id": n}
+            for n, (_, call) in enumerate(reads)
         ]
         status, body = await self._call_upstream(chain, orjson.dumps(upstream_batch), trace)
         parsed = _loads(body)
@@ -484,8 +512,15 @@ class Gateway:
             return
         parsed = _loads(body)
         if not call.notification:
-            answers[index] = parsed if isinstance(parsed, dict) else error_object(
-                -32603, "Upstream error: unexpected answer", call.id, {"reason": "upstream_error"}
+            answers[index] = (
+                parsed
+                if isinstance(parsed, dict)
+                else error_object(
+                    -32603,
+                    "Upstream error: unexpected answer",
+                    call.id,
+                    {"reason": "upstream_error"},
+                )
             )
 
     # --- the head never goes backwards -----------------------------------------------------
@@ -525,7 +560,13 @@ class Gateway:
                 # A key in the path can be checked; a key in a header is not sent in preflights.
                 record = self.verifier.check(key) or await self.verifier.verify(key)
                 if record.origins is not None and origin not in record.origins:
-                    return Response(403, Forbidden(f"Forbidden: origin {origin} is not allowed for this key", reason="origin_not_allowed").body())
+                    return Response(
+                        403,
+                        Forbidden(
+                            f"Forbidden: origin {origin} is not allowed for this key",
+                            reason="origin_not_allowed",
+                        ).body(),
+                    )
         except (GatewayError, KeyDenied, KeyStoreDown):
             pass  # the real request will get the precise error
         requested = request.headers.get("access-control-request-headers")
@@ -535,7 +576,10 @@ class Gateway:
                 ("access-control-allow-origin", origin),
                 ("vary", "Origin"),
                 ("access-control-allow-methods", "POST, OPTIONS"),
-                ("access-control-allow-headers", requested or "Content-Type, Authorization, X-Api-Key"),
+                (
+                    "access-control-allow-headers",
+                    requested or "Content-Type, Authorization, X-Api-Key",
+                ),
                 ("access-control-max-age", str(self.config.gateway.cors_max_age)),
             ],
         )
@@ -552,7 +596,11 @@ class Gateway:
                 checks[name] = {"ok": False, "error": type(exc).__name__}
         for chain in self.chains.values():
             healthy = [u["name"] for u in chain.pool.snapshot() if u["healthy"]]
-            checks[f"chain:{chain.name}"] = {"ok": bool(healthy), "healthy_upstreams": healthy, "head": chain.pool.best_head()}
+            checks[f"chain:{chain.name}"] = {
+                "ok": bool(healthy),
+                "healthy_upstreams": healthy,
+                "head": chain.pool.best_head(),
+            }
             ok = ok and bool(healthy)
         body = orjson.dumps({"status": "ok" if ok else "fail", "checks": checks})
         return Response(200 if ok else 503, body)
@@ -560,7 +608,12 @@ class Gateway:
     # --- telemetry -------------------------------------------------------------------------
 
     def _emit(
-        self, request: Request, trace: _Trace, calls: list[Call], response: Response, reason: str | None
+        self,
+        request: Request,
+        trace: _Trace,
+        calls: list[Call],
+        response: Response,
+        reason: str | None,
     ) -> None:
         record = trace.record
         if len(calls) == 1:

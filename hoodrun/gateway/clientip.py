@@ -31,7 +31,9 @@ class IpPolicy:
         self._allow: tuple[_Network, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in allow
         )
-        self._deny: tuple[_Network, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in deny)
+        self._deny: tuple[_Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in deny
+        )
         self._verdicts: dict[str, bool] = {}
         self.active = bool(self._allow or self._deny)
 

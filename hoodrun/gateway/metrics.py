@@ -34,13 +34,19 @@ class _PoolCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         healthy = GaugeMetricFamily(
-            "hoodrun_upstream_healthy", "1 if the upstream takes traffic", labels=["chain", "upstream"]
+            "hoodrun_upstream_healthy",
+            "1 if the upstream takes traffic",
+            labels=["chain", "upstream"],
         )
         head = GaugeMetricFamily(
-            "hoodrun_upstream_head_block", "Latest block seen on the upstream", labels=["chain", "upstream"]
+            "hoodrun_upstream_head_block",
+            "Latest block seen on the upstream",
+            labels=["chain", "upstream"],
         )
         lag = GaugeMetricFamily(
-            "hoodrun_upstream_lag_blocks", "Blocks behind the chain's best head", labels=["chain", "upstream"]
+            "hoodrun_upstream_lag_blocks",
+            "Blocks behind the chain's best head",
+            labels=["chain", "upstream"],
         )
         breaker = GaugeMetricFamily(
             "hoodrun_upstream_breaker_state",
@@ -48,7 +54,9 @@ class _PoolCollector(Collector):
             labels=["chain", "upstream"],
         )
         latency = GaugeMetricFamily(
-            "hoodrun_upstream_latency_ewma_seconds", "Smoothed upstream latency", labels=["chain", "upstream"]
+            "hoodrun_upstream_latency_ewma_seconds",
+            "Smoothed upstream latency",
+            labels=["chain", "upstream"],
         )
         chain_head = GaugeMetricFamily(
             "hoodrun_chain_head_block", "Best head block of the chain's healthy upstreams", labels=["chain"]
@@ -82,7 +90,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.http_requests = Counter(
-            "hoodrun_http_requests", "HTTP requests by chain and status", ["chain", "status"], registry=r
+            "hoodrun_http_requests",
+            "HTTP requests by chain and status",
+            ["chain", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "hoodrun_request_duration_seconds",

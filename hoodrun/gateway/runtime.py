@@ -145,7 +145,9 @@ class GatewayRuntime:
             log_exception=lambda message: log.exception(message),
         )
         host, port = parse_listen(config.listen)
-        self.port = await server.serve(host, self._port if self._port is not None else port, reuse_port=self._reuse_port)
+        self.port = await server.serve(
+            host, self._port if self._port is not None else port, reuse_port=self._reuse_port
+        )
         self.server = server
         stack.push_async_callback(server.shutdown)
         poller = asyncio.get_running_loop().create_task(self._poll_key_changes(keys, verifier))

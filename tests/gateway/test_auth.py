@@ -17,7 +17,9 @@ from tests.gateway.conftest import ThreadedGateway, make_config, rpc
 @pytest.fixture
 def gw(gateway_factory: Any, database_url: str, eth_anvil: Any, base_anvil: Any) -> ThreadedGateway:
     config = make_config(
-        database_url, {"eth": (1, [eth_anvil]), "base": (8453, [base_anvil])}, domain="rpc.example.com"
+        database_url,
+        {"eth": (1, [eth_anvil]), "base": (8453, [base_anvil])},
+        domain="rpc.example.com",
     )
     gw: ThreadedGateway = gateway_factory(config)
     return gw
@@ -36,7 +38,9 @@ def _error(response: httpx.Response) -> tuple[int, int, str]:
 def test_key_forms(gw: ThreadedGateway, client: httpx.Client) -> None:
     key = gw.key().key
     assert _call(client, gw.endpoint(key)).json()["result"] == "0x1"
-    assert _call(client, f"{gw.url}/eth/v1", authorization=f"Bearer {key}").json()["result"] == "0x1"
+    assert (
+        _call(client, f"{gw.url}/eth/v1", authorization=f"Bearer {key}").json()["result"] == "0x1"
+    )
     assert _call(client, f"{gw.url}/base/v1", **{"x-api-key": key}).json()["result"] == hex(8453)
     host_form = _call(client, f"{gw.url}/v1/{key}", host="base.rpc.example.com")
     assert host_form.json()["result"] == hex(8453)
@@ -46,7 +50,11 @@ def test_key_forms(gw: ThreadedGateway, client: httpx.Client) -> None:
 def test_refusals(gw: ThreadedGateway, client: httpx.Client) -> None:
     key = gw.key().key
     assert _error(_call(client, f"{gw.url}/eth/v1")) == (401, -32016, "key_missing")
-    assert _error(_call(client, f"{gw.url}/eth/v1/hr_notarealkey1234567890")) == (401, -32016, "key_invalid")
+    assert _error(_call(client, f"{gw.url}/eth/v1/hr_notarealkey1234567890")) == (
+        401,
+        -32016,
+        "key_invalid",
+    )
     assert _error(_call(client, f"{gw.url}/eth/v1/garbage!")) == (401, -32016, "key_invalid")
     assert _error(_call(client, gw.endpoint(key, "solana"))) == (404, -32001, "unknown_chain")
     assert _error(_call(client, f"{gw.url}/nothing/here")) == (404, -32601, "not_found")
@@ -58,7 +66,11 @@ def test_refusals(gw: ThreadedGateway, client: httpx.Client) -> None:
 
 def test_chain_and_method_scopes(gw: ThreadedGateway, client: httpx.Client) -> None:
     only_base = gw.key(chains=["base"]).key
-    assert _error(_call(client, gw.endpoint(only_base, "eth"))) == (403, -32016, "chain_not_allowed")
+    assert _error(_call(client, gw.endpoint(only_base, "eth"))) == (
+        403,
+        -32016,
+        "chain_not_allowed",
+    )
     assert _call(client, gw.endpoint(only_base, "base")).json()["result"] == hex(8453)
     free = gw.key(plan="free").key
     send = rpc("eth_sendRawTransaction", ["0x00"], id=9)
@@ -69,10 +81,19 @@ def test_chain_and_method_scopes(gw: ThreadedGateway, client: httpx.Client) -> N
     assert batch[0]["result"] == "0x1"
     assert batch[1]["error"]["code"] == -32004 and batch[1]["id"] == 2
     no_balance = gw.key(methods_deny=["eth_getBalance"]).key
-    assert _error(_call(client, gw.endpoint(no_balance), rpc("eth_getBalance", ["0x" + "00" * 20, "latest"])))[0] == 403
+    assert (
+        _error(
+            _call(
+                client, gw.endpoint(no_balance), rpc("eth_getBalance", ["0x" + "00" * 20, "latest"])
+            )
+        )[0]
+        == 403
+    )
 
 
-def test_revocation_is_immediate_and_lifecycle_applies(gw: ThreadedGateway, client: httpx.Client) -> None:
+def test_revocation_is_immediate_and_lifecycle_applies(
+    gw: ThreadedGateway, client: httpx.Client
+) -> None:
     created = gw.key()
     assert _call(client, gw.endpoint(created.key)).status_code == 200
     keys = gw.runtime.keys  # type: ignore[union-attr]
@@ -114,11 +135,17 @@ def test_origins_and_cors(gw: ThreadedGateway, client: httpx.Client) -> None:
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == app
     assert "X-RateLimit-Remaining" in ok.headers["access-control-expose-headers"]
-    assert _error(_call(client, gw.endpoint(limited), origin="https://evil.example"))[2] == "origin_not_allowed"
+    assert (
+        _error(_call(client, gw.endpoint(limited), origin="https://evil.example"))[2]
+        == "origin_not_allowed"
+    )
     preflight = client.options(
         gw.endpoint(limited),
-        headers={"origin": app, "access-control-request-method": "POST",
-                 "access-control-request-headers": "content-type"},
+        headers={
+            "origin": app,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type",
+        },
     )
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == app
@@ -131,7 +158,9 @@ def test_origins_and_cors(gw: ThreadedGateway, client: httpx.Client) -> None:
     assert _call(client, gw.endpoint(anyone), origin="https://x.example").status_code == 200
 
 
-def test_key_never_leaks(gw: ThreadedGateway, client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+def test_key_never_leaks(
+    gw: ThreadedGateway, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="hoodrun")
     created = gw.key()
     bodies = [_call(client, gw.endpoint(created.key)).text]

@@ -34,7 +34,9 @@ class TcpProxy:
 
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
-        self._server = self.loop.run_until_complete(asyncio.start_server(self._relay, "127.0.0.1", 0))
+        self._server = self.loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", 0)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         started.set()
         self.loop.run_forever()
@@ -79,7 +81,9 @@ def test_cached_keys_survive_a_store_outage(
 ) -> None:
     url, proxy = proxied_pg
     gw: ThreadedGateway = gateway_factory(
-        make_config(url, {"eth": (1, [eth_anvil])}, gateway={"key_cache_ttl": 1, "key_degrade_ttl": 600})
+        make_config(
+            url, {"eth": (1, [eth_anvil])}, gateway={"key_cache_ttl": 1, "key_degrade_ttl": 600}
+        )
     )
     known = gw.key().key
     never_used = gw.key().key

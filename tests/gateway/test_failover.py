@@ -40,7 +40,11 @@ def test_failover_under_load_and_breaker_cycle(
     a: Anvil = anvil_factory(chain_id=1)
     b: Anvil = anvil_factory(chain_id=1)
     gw: ThreadedGateway = gateway_factory(
-        make_config(sqlite_url, {"eth": (1, [a, b])}, health={"breaker_failures": 3, "breaker_cooldown": 1.0})
+        make_config(
+            sqlite_url,
+            {"eth": (1, [a, b])},
+            health={"breaker_failures": 3, "breaker_cooldown": 1.0},
+        )
     )
     key = gw.key(plan="enterprise").key
     stop = threading.Event()
@@ -58,11 +62,19 @@ def test_failover_under_load_and_breaker_cycle(
         workers = [pool.submit(load) for _ in range(4)]
         _wait_for(lambda: len(results) > 200, 10, "warm-up traffic")
         a.stop()  # connections to eth-0 are refused from now on
-        _wait_for(lambda: _upstream(gw, "eth-0")["breaker"] == 2 or not _upstream(gw, "eth-0")["healthy"], 5, "eth-0 taken out")
+        _wait_for(
+            lambda: _upstream(gw, "eth-0")["breaker"] == 2 or not _upstream(gw, "eth-0")["healthy"],
+            5,
+            "eth-0 taken out",
+        )
         before_restart = len(results)
         _wait_for(lambda: len(results) > before_restart + 300, 10, "traffic on eth-1 alone")
         a.start()  # same port: the node returns
-        _wait_for(lambda: _upstream(gw, "eth-0")["healthy"] and _upstream(gw, "eth-0")["breaker"] == 0, 10, "eth-0 back, breaker closed")
+        _wait_for(
+            lambda: _upstream(gw, "eth-0")["healthy"] and _upstream(gw, "eth-0")["breaker"] == 0,
+            10,
+            "eth-0 back, breaker closed",
+        )
         stop.set()
         for w in workers:
             w.result()
@@ -71,7 +83,9 @@ def test_failover_under_load_and_breaker_cycle(
     assert len(errors) <= max(2, len(results) // 200), (len(errors), len(results))
 
 
-def test_no_healthy_upstream_is_a_fast_503(gateway_factory: Any, sqlite_url: str, anvil_factory: Any, client: httpx.Client) -> None:
+def test_no_healthy_upstream_is_a_fast_503(
+    gateway_factory: Any, sqlite_url: str, anvil_factory: Any, client: httpx.Client
+) -> None:
     a: Anvil = anvil_factory(chain_id=1)
     gw: ThreadedGateway = gateway_factory(make_config(sqlite_url, {"eth": (1, [a])}))
     key = gw.key().key
@@ -87,7 +101,9 @@ def test_no_healthy_upstream_is_a_fast_503(gateway_factory: Any, sqlite_url: str
     assert client.get(f"{gw.url}/health/live").status_code == 200
 
 
-def test_hanging_upstream_times_out_with_504(gateway_factory: Any, sqlite_url: str, anvil_factory: Any, client: httpx.Client) -> None:
+def test_hanging_upstream_times_out_with_504(
+    gateway_factory: Any, sqlite_url: str, anvil_factory: Any, client: httpx.Client
+) -> None:
     a: Anvil = anvil_factory(chain_id=1)
     config = make_config(
         sqlite_url, {"eth": (1, [a])},
@@ -124,27 +140,37 @@ def test_wrong_chain_id_is_refused_at_start(sqlite_url: str, anvil_factory: Any)
     assert "eth" in message and "eth-0" in message and "1" in message and "5" in message
 
 
-def test_ready_and_metrics(gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil, client: httpx.Client) -> None:
+def test_ready_and_metrics(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil, client: httpx.Client
+) -> None:
     gw: ThreadedGateway = gateway_factory(make_config(sqlite_url, {"eth": (1, [eth_anvil])}))
     key = gw.key().key
     client.post(gw.endpoint(key), content=BODY)
-    client.post(gw.endpoint(key), content=orjson.dumps([rpc("eth_blockNumber"), rpc("eth_chainId", id=2)]))
+    client.post(
+        gw.endpoint(key), content=orjson.dumps([rpc("eth_blockNumber"), rpc("eth_chainId", id=2)])
+    )
     ready = client.get(f"{gw.url}/health/ready")
     assert ready.status_code == 200
     checks = ready.json()["checks"]
     assert checks["store"]["ok"] and checks["chain:eth"]["healthy_upstreams"] == ["eth-0"]
     metrics = client.get(f"{gw.url}/metrics").text
     assert 'hoodrun_requests_total{chain="eth",method="eth_chainId",status="200"} 2.0' in metrics
-    assert 'hoodrun_requests_total{chain="eth",method="eth_blockNumber",status="200"} 1.0' in metrics
+    assert (
+        'hoodrun_requests_total{chain="eth",method="eth_blockNumber",status="200"} 1.0' in metrics
+    )
     assert 'hoodrun_upstream_healthy{chain="eth",upstream="eth-0"} 1.0' in metrics
     assert 'hoodrun_upstream_breaker_state{chain="eth",upstream="eth-0"} 0.0' in metrics
     assert "hoodrun_request_duration_seconds_bucket" in metrics
     assert "hoodrun_chain_head_block" in metrics
 
 
-def test_body_and_batch_size_limits(gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil, client: httpx.Client) -> None:
+def test_body_and_batch_size_limits(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil, client: httpx.Client
+) -> None:
     gw: ThreadedGateway = gateway_factory(
-        make_config(sqlite_url, {"eth": (1, [eth_anvil])}, gateway={"max_body_bytes": 4096, "max_batch": 10})
+        make_config(
+            sqlite_url, {"eth": (1, [eth_anvil])}, gateway={"max_body_bytes": 4096, "max_batch": 10}
+        )
     )
     key = gw.key(plan="enterprise").key
     too_big = client.post(gw.endpoint(key), content=b'{"pad":"' + b"x" * 5000 + b'"}')
@@ -154,5 +180,7 @@ def test_body_and_batch_size_limits(gateway_factory: Any, sqlite_url: str, eth_a
     refused = client.post(gw.endpoint(key), content=batch)
     assert refused.status_code == 413
     assert refused.json()["error"]["data"]["reason"] == "batch_too_large"
-    ok = client.post(gw.endpoint(key), content=orjson.dumps([rpc("eth_chainId", id=i) for i in range(10)]))
+    ok = client.post(
+        gw.endpoint(key), content=orjson.dumps([rpc("eth_chainId", id=i) for i in range(10)])
+    )
     assert ok.status_code == 200 and len(ok.json()) == 10

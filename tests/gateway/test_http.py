@@ -14,7 +14,9 @@ from hoodrun.gateway.http import HttpServer, Request, Response
 async def _echo(request: Request) -> Response:
     if request.path == "/slow":
         await asyncio.sleep(0.3)
-    return Response(200, b"%s %s %s" % (request.method.encode(), request.path.encode(), request.body))
+    return Response(
+        200, b"%s %s %s" % (request.method.encode(), request.path.encode(), request.body)
+    )
 
 
 def _fallback(status: int, message: bytes) -> Response:
@@ -76,7 +78,15 @@ async def test_oversized_bodies_get_413_before_being_read(server: tuple[HttpServ
     declared = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n"
     data = await _exchange(port, declared, read_all=True)
     assert data.startswith(b"HTTP/1.1 413") and b"fallback:body too large" in data
-    chunked = b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n" + b"10\r\n" + b"y" * 16 + b"\r\n0\r\n\r\n"
+    chunked = (
+        b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"400\r\n"
+        + b"x" * 1024
+        + b"\r\n"
+        + b"10\r\n"
+        + b"y" * 16
+        + b"\r\n0\r\n\r\n"
+    )
     data = await _exchange(port, chunked, read_all=True)
     assert data.startswith(b"HTTP/1.1 413")
 
@@ -103,7 +113,9 @@ async def test_graceful_shutdown_finishes_requests_in_flight() -> None:
     srv = HttpServer(_echo, _fallback, max_body=1024)
     port = await srv.serve("127.0.0.1", 0)
     pending = asyncio.create_task(
-        _exchange(port, b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nZ", read_all=True)
+        _exchange(
+            port, b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nZ", read_all=True
+        )
     )
     while srv.inflight == 0:
         await asyncio.sleep(0.01)

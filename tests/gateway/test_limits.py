@@ -31,9 +31,16 @@ def _config(sqlite_url: str, eth_anvil: Any, kind: str, prefix: str, **extra: An
 
 
 def test_free_plan_burst_then_429(
-    gateway_factory: Any, sqlite_url: str, eth_anvil: Any, limiter_kind: str, redis_prefix: str, client: httpx.Client
+    gateway_factory: Any,
+    sqlite_url: str,
+    eth_anvil: Any,
+    limiter_kind: str,
+    redis_prefix: str,
+    client: httpx.Client,
 ) -> None:
-    gw: ThreadedGateway = gateway_factory(_config(sqlite_url, eth_anvil, limiter_kind, redis_prefix))
+    gw: ThreadedGateway = gateway_factory(
+        _config(sqlite_url, eth_anvil, limiter_kind, redis_prefix)
+    )
     key = gw.key(plan="free").key  # 10 rps, burst 20
     statuses = [_post(client, gw.endpoint(key)) for _ in range(30)]
     allowed = [r for r in statuses if r.status_code == 200]
@@ -55,9 +62,16 @@ def test_free_plan_burst_then_429(
 
 
 def test_batch_costs_its_calls(
-    gateway_factory: Any, sqlite_url: str, eth_anvil: Any, limiter_kind: str, redis_prefix: str, client: httpx.Client
+    gateway_factory: Any,
+    sqlite_url: str,
+    eth_anvil: Any,
+    limiter_kind: str,
+    redis_prefix: str,
+    client: httpx.Client,
 ) -> None:
-    gw: ThreadedGateway = gateway_factory(_config(sqlite_url, eth_anvil, limiter_kind, redis_prefix))
+    gw: ThreadedGateway = gateway_factory(
+        _config(sqlite_url, eth_anvil, limiter_kind, redis_prefix)
+    )
     key = gw.key(plan="free").key
     big = orjson.dumps([rpc("eth_chainId", id=i) for i in range(25)])
     refused = _post(client, gw.endpoint(key), big)
@@ -70,7 +84,9 @@ def test_batch_costs_its_calls(
 def test_chain_global_limit_and_per_ip_public_access(
     gateway_factory: Any, sqlite_url: str, eth_anvil: Any, client: httpx.Client
 ) -> None:
-    config = make_config(sqlite_url, {"eth": (1, [eth_anvil])}, public={"enabled": True, "plan": "free"})
+    config = make_config(
+        sqlite_url, {"eth": (1, [eth_anvil])}, public={"enabled": True, "plan": "free"}
+    )
     data = config.model_dump(mode="json")
     data["chains"][0]["rate"] = {"rps": 1, "burst": 30}
     gw: ThreadedGateway = gateway_factory(type(config).model_validate(data))
@@ -87,7 +103,9 @@ def test_two_gateways_share_one_limit_through_redis(
     gateway_factory: Any, tmp_path: Any, eth_anvil: Any, redis_prefix: str
 ) -> None:
     db = f"sqlite:///{tmp_path}/shared.db"
-    config = make_config(db, {"eth": (1, [eth_anvil])}, redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    config = make_config(
+        db, {"eth": (1, [eth_anvil])}, redis_url=REDIS_URL, redis_prefix=redis_prefix
+    )
     a: ThreadedGateway = gateway_factory(config)
     b: ThreadedGateway = gateway_factory(config)
     # A key allowing 50/s with burst 100: over ~2 s, at most 100 + 50 x elapsed pass in total.
@@ -111,9 +129,16 @@ def test_two_gateways_share_one_limit_through_redis(
 
 
 def test_revocation_reaches_the_other_gateway_within_1s(
-    gateway_factory: Any, tmp_path: Any, database_url: str, eth_anvil: Any, redis_prefix: str, client: httpx.Client
+    gateway_factory: Any,
+    tmp_path: Any,
+    database_url: str,
+    eth_anvil: Any,
+    redis_prefix: str,
+    client: httpx.Client,
 ) -> None:
-    config = make_config(database_url, {"eth": (1, [eth_anvil])}, redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    config = make_config(
+        database_url, {"eth": (1, [eth_anvil])}, redis_url=REDIS_URL, redis_prefix=redis_prefix
+    )
     a: ThreadedGateway = gateway_factory(config)
     b: ThreadedGateway = gateway_factory(config)
     created = a.key()

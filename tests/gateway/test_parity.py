@@ -20,7 +20,9 @@ ACCOUNT1 = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 def gw(gateway_factory: Any, sqlite_url: str, anvil_factory: Any) -> ThreadedGateway:
     eth = anvil_factory(chain_id=1)
     base = anvil_factory(chain_id=8453)
-    gw: ThreadedGateway = gateway_factory(make_config(sqlite_url, {"eth": (1, [eth]), "base": (8453, [base])}))
+    gw: ThreadedGateway = gateway_factory(
+        make_config(sqlite_url, {"eth": (1, [eth]), "base": (8453, [base])})
+    )
     gw.eth, gw.base = eth, base  # type: ignore[attr-defined]
     return gw
 
@@ -73,7 +75,9 @@ def test_raw_single_calls_pass_through_unchanged(gw: ThreadedGateway, client: ht
     assert unknown["error"]["code"] == -32601
 
 
-def test_batch_keeps_order_and_answers_invalid_entries(gw: ThreadedGateway, client: httpx.Client) -> None:
+def test_batch_keeps_order_and_answers_invalid_entries(
+    gw: ThreadedGateway, client: httpx.Client
+) -> None:
     key = gw.key().key
     node_url = gw.eth.url  # type: ignore[attr-defined]
     valid = [
@@ -113,9 +117,13 @@ def test_gateway_rejects_with_spec_codes(gw: ThreadedGateway, client: httpx.Clie
 
 def test_notifications_get_no_answer(gw: ThreadedGateway, client: httpx.Client) -> None:
     key = gw.key().key
-    single = _post(client, gw.endpoint(key), {"jsonrpc": "2.0", "method": "eth_chainId", "params": []})
+    single = _post(
+        client, gw.endpoint(key), {"jsonrpc": "2.0", "method": "eth_chainId", "params": []}
+    )
     assert single.status_code == 204 and single.content == b""
-    batch = _post(client, gw.endpoint(key), [{"jsonrpc": "2.0", "method": "eth_chainId", "params": []}])
+    batch = _post(
+        client, gw.endpoint(key), [{"jsonrpc": "2.0", "method": "eth_chainId", "params": []}]
+    )
     assert batch.status_code == 204 and batch.content == b""
 
 

@@ -20,7 +20,9 @@ from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -38,7 +40,11 @@ def test_any_json_value_parses_or_gets_a_spec_error(value: Any) -> None:
     assert len(calls) == (len(value) if is_batch else 1)
     for call, item in zip(calls, value if is_batch else [value], strict=True):
         if call.method is not None:
-            assert isinstance(item, dict) and item["method"] == call.method and item["jsonrpc"] == "2.0"
+            assert (
+                isinstance(item, dict)
+                and item["method"] == call.method
+                and item["jsonrpc"] == "2.0"
+            )
 
 
 @given(st.binary(max_size=64))
@@ -60,14 +66,18 @@ def test_batch_cap() -> None:
 
 
 def test_notifications_and_ids() -> None:
-    _, calls = parse_body(b'[{"jsonrpc":"2.0","method":"a_b"},{"jsonrpc":"2.0","id":true,"method":"a_b"}]', 10)
+    _, calls = parse_body(
+        b'[{"jsonrpc":"2.0","method":"a_b"},{"jsonrpc":"2.0","id":true,"method":"a_b"}]', 10
+    )
     assert calls[0].notification and calls[0].method == "a_b"
     assert calls[1].method is None  # a boolean id is not allowed
 
 
 def test_client_ip_behind_trusted_proxies() -> None:
     policy = IpPolicy(trusted=["10.0.0.0/8"], deny=["203.0.113.0/24"])
-    assert policy.client_ip("198.51.100.7", "1.2.3.4") == "198.51.100.7"  # untrusted peer: ignore XFF
+    assert (
+        policy.client_ip("198.51.100.7", "1.2.3.4") == "198.51.100.7"
+    )  # untrusted peer: ignore XFF
     assert policy.client_ip("10.0.0.2", "1.2.3.4, 198.51.100.9, 10.0.0.5") == "198.51.100.9"
     assert policy.client_ip("10.0.0.2", "not-an-ip") == "10.0.0.2"
     assert policy.client_ip("10.0.0.2", None) == "10.0.0.2"
@@ -105,7 +115,9 @@ class FakeStore:
 async def test_verifier_caches_coalesces_and_degrades() -> None:
     now = [1000.0]
     store = FakeStore()
-    verifier = KeyVerifier(store.lookup, ttl=30, negative_ttl=5, degrade_ttl=600, clock=lambda: now[0])
+    verifier = KeyVerifier(
+        store.lookup, ttl=30, negative_ttl=5, degrade_ttl=600, clock=lambda: now[0]
+    )
     key = generate_key()
     store.records[hash_key(key)] = _record(key)
     results = await asyncio.gather(*(verifier.verify(key) for _ in range(20)))
@@ -145,7 +157,9 @@ async def test_verifier_purge_and_lifecycle() -> None:
         await verifier.verify(key)
     assert revoked.value.reason == "key_revoked"
     expiring = generate_key()
-    store.records[hash_key(expiring)] = _record(expiring, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    store.records[hash_key(expiring)] = _record(
+        expiring, expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
     with pytest.raises(KeyDenied) as expired:
         await verifier.verify(expiring)
     assert expired.value.reason == "key_expired"
