@@ -123,9 +123,21 @@ class Anvil:
             raise AnvilError(f"{method}: {reply['error']}")
         return reply["result"]
 
-    def pause(self) -> None:
-        """SIGSTOP: the node hangs, calls time out."""
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP: the node hangs, calls time out. Returns once the process is stopped."""
         self._signal(signal.SIGSTOP)
+        if self.process is None:
+            return
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return
+            if state in ("T", "t"):
+                return
+            time.sleep(0.005)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)

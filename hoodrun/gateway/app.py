@@ -42,7 +42,13 @@ from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
 from hoodrun.telemetry.sink import RequestRecord, TelemetrySink
-from hoodrun.upstreams import ChainPool, NoHealthyUpstream, UpstreamError, UpstreamTimeout
+from hoodrun.upstreams import (
+    ChainPool,
+    NoHealthyUpstream,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 
 __all__ = ["Gateway"]
 
@@ -393,8 +399,16 @@ class Gateway:
             ) from None
         except UpstreamTimeout:
             raise UpstreamTimedOut() from None
+        except UpstreamRateLimited:
+            raise RateLimited(
+                "Rate limit exceeded: every node of this chain is throttling; retry shortly",
+                reason="upstream_rate_limited",
+                headers=[("retry-after", "1")],
+            ) from None
         except UpstreamError as exc:
-            raise UpstreamFailed(f"Upstream error: {exc}") from None
+            # The message names the node (host:port): for the operator's log, not the client.
+            log.warning("chain %s: upstream failure: %s", chain.name, exc)
+            raise UpstreamFailed() from None
         trace.upstream = reply.upstream
         trace.upstream_latency = reply.latency
         trace.attempts += reply.attempts

@@ -11,7 +11,7 @@
     ├── UnknownChain                404  -32001  unknown_chain
     ├── NotFound                    404  -32601  not_found (a path the gateway does not serve)
     ├── MethodNotPost               405  -32600  use_post
-    ├── RateLimited                 429  -32005  rate_limited
+    ├── RateLimited                 429  -32005  rate_limited / upstream_rate_limited
     ├── UpstreamFailed              502  -32603  upstream_error
     ├── Unavailable                 503  -32002  no_healthy_upstream / key_store_unavailable
     └── UpstreamTimedOut            504  -32015  upstream_timeout

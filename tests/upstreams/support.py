@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -77,6 +79,8 @@ class TinyServer:
     port: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _conn_ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -95,14 +99,19 @@ class TinyServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing.set()  # hung handlers return
+        for writer in self._writers:
+            writer.close()  # readers waiting for a request see EOF
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            for task in stuck:
+                task.cancel()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         conn = next(self._conn_ids)
         try:
             for seq in itertools.count():
@@ -123,7 +132,8 @@ class TinyServer:
                 if action is None:
                     return
                 if action is HANG:
-                    await asyncio.Event().wait()
+                    await self._closing.wait()
+                    return
                 answer = action if isinstance(action, Answer) else Answer(action)
                 writer.write(answer.data)
                 await writer.drain()
@@ -133,6 +143,7 @@ class TinyServer:
             pass
         finally:
             writer.close()
+            self._writers.discard(writer)
             self._tasks.discard(task)
 
 
@@ -245,3 +256,17 @@ class FakeClock:
 
 def call_body(method: str, params: list[Any] | None = None, ident: Any = 1) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params or []})
+
+
+def pause(node: Anvil) -> None:
+    """SIGSTOP the node and wait until the kernel has really stopped it: a request written
+    right after the signal could otherwise still be answered."""
+    node.pause()
+    assert node.process is not None
+    stat = Path(f"/proc/{node.process.pid}/stat")
+    deadline = time.monotonic() + 5.0
+    # Field 3 is the state, after the parenthesised command name; "T" is stopped.
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+        if time.monotonic() > deadline:
+            raise AssertionError("anvil did not stop")
+        time.sleep(0.001)

@@ -24,6 +24,7 @@ from .support import (
     chain_config,
     gateway_config,
     health_config,
+    pause,
     wait_until,
 )
 
@@ -103,7 +104,7 @@ async def test_a_hanging_node_does_not_hold_up_calls(anvil_factory: MakeAnvil) -
     gateway = gateway_config(upstream_timeout=0.3)
     health = health_config(interval=0.1, timeout=0.3, breaker_cooldown=0.3)
     async with ChainPool(config, health, gateway) as pool:
-        a.pause()
+        pause(a)
         try:
             body = call_body("eth_blockNumber")
             replies = await asyncio.gather(
@@ -174,7 +175,7 @@ async def test_deadline_gives_a_timeout(anvil_factory: MakeAnvil) -> None:
         with pytest.raises(UpstreamTimeout) as info:
             await pool.call(call_body("eth_chainId"), deadline=deadline(-1))
         assert not info.value.maybe_delivered
-        node.pause()
+        pause(node)
         try:
             with pytest.raises(UpstreamTimeout) as info:
                 await pool.call(call_body("eth_chainId"), deadline=deadline(0.3))
@@ -224,7 +225,7 @@ async def test_a_request_may_be_the_probe_when_nothing_else_is_left(
     clock = FakeClock()
     health = health_config(breaker_failures=1, breaker_cooldown=5.0)
     async with ChainPool(chain_config(node.url), health, gateway_config(), clock=clock) as pool:
-        node.pause()
+        pause(node)
         try:
             with pytest.raises(UpstreamTimeout):
                 await pool.call(call_body("eth_chainId"), deadline=deadline(0.3))
@@ -245,6 +246,14 @@ async def test_json_rpc_errors_pass_through_and_are_not_failures(eth_anvil: Anvi
         assert orjson.loads(reply.body)["error"]["code"] == -32601
         assert pool.upstreams[0].error_rate == 0
         assert pool.upstreams[0].breaker.failures == 0
+
+
+async def test_notifications_get_the_nodes_empty_answer(eth_anvil: Anvil) -> None:
+    notification = b'{"jsonrpc":"2.0","method":"eth_chainId","params":[]}'
+    async with ChainPool(chain_config(eth_anvil.url), health_config(), gateway_config()) as pool:
+        reply = await pool.call(notification, deadline=deadline())
+        assert (reply.status, reply.body, reply.attempts) == (204, b"", 1)
+        assert pool.upstreams[0].error_rate == 0
 
 
 async def test_snapshot_describes_each_upstream(eth_anvil: Anvil) -> None:

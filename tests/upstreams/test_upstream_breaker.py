@@ -84,6 +84,17 @@ def test_late_failures_do_not_extend_the_cooldown() -> None:
     assert breaker.state is BreakerState.HALF_OPEN
 
 
+def test_late_successes_do_not_close_an_open_breaker() -> None:
+    breaker, clock = make(failures=1, cooldown=5.0)
+    breaker.record_failure()
+    breaker.record_success()  # a request sent before the breaker opened
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(5.0)
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+
+
 def test_released_probe_can_be_taken_again() -> None:
     breaker, clock = make(failures=1, cooldown=5.0)
     breaker.record_failure()

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from hoodrun.devnet import Anvil
 from hoodrun.upstreams import (
@@ -108,6 +109,28 @@ async def test_a_node_that_comes_up_on_the_wrong_chain_stays_out(tiny_server: Ma
         node.chain_id = 1  # type: ignore[attr-defined]
         await pool.check_now()
         assert up.healthy
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'[{"jsonrpc":"2.0","id":[1],"result":"0x1"}]',  # an unhashable id
+        b'[{"jsonrpc":"2.0","id":1,"result":"0xzz"}]',  # not a quantity
+        b'[{"jsonrpc":"2.0","id":1,"result":null}]',
+        b"[]",
+        b"<html>",
+    ],
+)
+async def test_malformed_health_answers_fail_the_check_cleanly(
+    tiny_server: MakeServer, reply: bytes
+) -> None:
+    server = await tiny_server(lambda request: http_response(reply))
+    http = HttpPool(server.url)
+    try:
+        report = await check_upstream(http, 2.0, want_chain_id=False)
+        assert not report.ok and report.error
+    finally:
+        await http.aclose()
 
 
 async def test_5xx_and_non_json_answers_are_retried_elsewhere(tiny_server: MakeServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from hoodrun.upstreams import (
     HttpPool,
     UpstreamConnectError,
     UpstreamDisconnected,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
@@ -24,6 +26,7 @@ from .support import (
     Request,
     call_body,
     http_response,
+    pause,
     wait_until,
 )
 
@@ -222,7 +225,7 @@ async def test_timeout_on_a_paused_node_closes_the_connection(anvil_factory: Mak
     pool = HttpPool(node.url)
     try:
         await pool.post(CHAIN_ID, 2.0)
-        node.pause()
+        pause(node)
         with pytest.raises(UpstreamTimeout) as info:
             await pool.post(CHAIN_ID, 0.3)
         assert info.value.maybe_delivered
@@ -232,6 +235,35 @@ async def test_timeout_on_a_paused_node_closes_the_connection(anvil_factory: Mak
         assert pool.connects == 2
     finally:
         node.resume()
+        await pool.aclose()
+
+
+async def test_each_call_keeps_its_own_deadline(tiny_server: MakeServer) -> None:
+    gate = asyncio.Event()
+
+    async def handler(req: Request) -> object:
+        if req.body == b"hang":
+            return HANG
+        await gate.wait()
+        return http_response(b"{}")
+
+    server = await tiny_server(handler)
+    pool = HttpPool(server.url)
+    try:
+        patient = asyncio.create_task(pool.post(b"hang", 30.0))
+        late = asyncio.create_task(pool.post(b"late", 30.0))
+        await wait_until(lambda: len(server.requests) == 2)
+        # A shorter deadline after longer ones: it fires first, and only for its own call.
+        with pytest.raises(UpstreamTimeout):
+            await pool.post(b"hang", 0.2)
+        assert not patient.done() and not late.done()
+        gate.set()
+        assert await late == (200, b"{}")
+        assert not patient.done()
+        patient.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await patient
+    finally:
         await pool.aclose()
 
 
@@ -318,6 +350,40 @@ async def test_cancelled_waiters_pass_their_turn_on(tiny_server: MakeServer) -> 
         assert [isinstance(r, asyncio.CancelledError) for r in done] == [0, 1, 0, 1, 0]
         assert pool.waiting == 0 and pool.in_use == 0 and pool.connects == 1
         assert len(server.requests) == 3
+    finally:
+        await pool.aclose()
+
+
+async def test_chaos_keeps_the_books_straight(tiny_server: MakeServer) -> None:
+    """Answers, closes, drops, garbage and hangs at random: every call ends, and no connection
+    slot leaks."""
+    rng = random.Random(7)
+
+    def handler(req: Request) -> object:
+        roll = rng.random()
+        if roll < 0.70:
+            return http_response(b"{}")
+        if roll < 0.80:
+            return Answer(http_response(b"{}"), close=True)
+        if roll < 0.90:
+            return None
+        if roll < 0.95:
+            return b"HTTP/1.1 ??? \x00\r\n\r\n"
+        return HANG
+
+    server = await tiny_server(handler)
+    pool = HttpPool(server.url, max_connections=4)
+    try:
+        results: list[object] = []
+        for _ in range(6):
+            results += await asyncio.gather(
+                *(pool.post(b"{}", 0.25) for _ in range(50)), return_exceptions=True
+            )
+        assert all(r == (200, b"{}") or isinstance(r, UpstreamError) for r in results)
+        assert sum(r == (200, b"{}") for r in results) > 100
+        await wait_until(lambda: pool.in_use == 0)
+        assert pool.waiting == 0
+        assert pool._total == len(pool._conns) <= 4
     finally:
         await pool.aclose()
 

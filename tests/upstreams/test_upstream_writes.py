@@ -174,6 +174,11 @@ async def test_a_write_whose_answer_was_lost_on_a_real_node(
         status, body = await forward.post(request.body, 5.0)
         parsed = request.json()
         if isinstance(parsed, dict) and parsed["method"] == "eth_sendRawTransaction":
+            if not mining:  # automine: wait for the block, so that the retry is "too low"
+                digest = tx_hash(bytes.fromhex(parsed["params"][0][2:]))
+                query = call_body("eth_getTransactionReceipt", [digest])
+                while orjson.loads((await forward.post(query, 5.0))[1])["result"] is None:
+                    await asyncio.sleep(0.005)
             return None
         return http_response(body, status)
 

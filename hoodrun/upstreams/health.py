@@ -1,0 +1,154 @@
+"""One health check of one upstream: head, sync state, peers (and chain id until verified).
+
+A check is one JSON-RPC batch ``[eth_blockNumber, eth_syncing, net_peerCount (, eth_chainId)]``.
+Nodes that refuse batches get the calls one by one (and are remembered as such). Only
+``eth_blockNumber`` (and ``eth_chainId`` when asked for) must succeed; an error from
+``eth_syncing`` or ``net_peerCount`` (anvil has no ``net_peerCount``) means "unknown", which
+counts as fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from hoodrun.upstreams._http import HttpPool
+from hoodrun.upstreams.errors import UpstreamError
+
+__all__ = ["HealthReport", "check_upstream"]
+
+_BLOCK, _SYNCING, _PEERS, _CHAIN = 1, 2, 3, 4
+_METHODS = {
+    _BLOCK: "eth_blockNumber",
+    _SYNCING: "eth_syncing",
+    _PEERS: "net_peerCount",
+    _CHAIN: "eth_chainId",
+}
+
+
+def _call(ident: int) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": ident, "method": _METHODS[ident], "params": []}
+
+
+_BATCH = orjson.dumps([_call(_BLOCK), _call(_SYNCING), _call(_PEERS)])
+_BATCH_WITH_CHAIN = orjson.dumps([_call(_BLOCK), _call(_SYNCING), _call(_PEERS), _call(_CHAIN)])
+_SINGLE = {ident: orjson.dumps(_call(ident)) for ident in _METHODS}
+
+
+class _CheckFailed(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class HealthReport:
+    """What one check found. ``ok`` False means the node did not answer usefully (``error``)."""
+
+    ok: bool
+    error: str | None = None
+    head: int | None = None
+    syncing: bool | None = None
+    peers: int | None = None
+    chain_id: int | None = None
+    latency: float = 0.0
+    batch: bool = True  # the node accepts batches
+
+
+async def check_upstream(
+    http: HttpPool, timeout: float, *, want_chain_id: bool, batch: bool = True
+) -> HealthReport:
+    """Run one check within ``timeout`` seconds; never raises for an upstream failure."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    try:
+        answers: dict[int, dict[str, Any]] | None = None
+        if batch:
+            answers = await _batch(http, deadline, want_chain_id)
+            batch = answers is not None
+        if answers is None:
+            answers = await _one_by_one(http, deadline, want_chain_id)
+        report = _read(answers, want_chain_id)
+    except UpstreamError as exc:
+        report = HealthReport(ok=False, error=f"{type(exc).__name__}: {exc}")
+    except _CheckFailed as exc:
+        report = HealthReport(ok=False, error=str(exc))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a malformed answer
+        report = HealthReport(ok=False, error=f"unexpected answer: {exc!r}")
+    report.latency = loop.time() - started
+    report.batch = batch
+    return report
+
+
+async def _batch(
+    http: HttpPool, deadline: float, want_chain_id: bool
+) -> dict[int, dict[str, Any]] | None:
+    """The answers by id, or None when the node does not take batches."""
+    body = _BATCH_WITH_CHAIN if want_chain_id else _BATCH
+    status, reply = await http.post(body, _remaining(deadline))
+    try:
+        parsed = orjson.loads(reply)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, list):
+        # A single error object (or a non-2xx page) in answer to a batch: try one by one.
+        if status >= 500:
+            raise _CheckFailed(f"HTTP {status} from the node")
+        return None
+    return {item["id"]: item for item in parsed if isinstance(item, dict) and "id" in item}
+
+
+async def _one_by_one(
+    http: HttpPool, deadline: float, want_chain_id: bool
+) -> dict[int, dict[str, Any]]:
+    answers: dict[int, dict[str, Any]] = {}
+    idents = (_BLOCK, _SYNCING, _PEERS, _CHAIN) if want_chain_id else (_BLOCK, _SYNCING, _PEERS)
+    for ident in idents:
+        status, reply = await http.post(_SINGLE[ident], _remaining(deadline))
+        try:
+            parsed = orjson.loads(reply)
+        except orjson.JSONDecodeError:
+            raise _CheckFailed(f"{_METHODS[ident]}: HTTP {status}, not JSON") from None
+        if isinstance(parsed, dict):
+            answers[ident] = parsed
+    return answers
+
+
+def _read(answers: dict[int, dict[str, Any]], want_chain_id: bool) -> HealthReport:
+    head = _quantity(answers, _BLOCK, required=True)
+    chain_id = _quantity(answers, _CHAIN, required=True) if want_chain_id else None
+    syncing: bool | None = None
+    sync = answers.get(_SYNCING)
+    if sync is not None and sync.get("result") is not None:
+        # false, or an object describing the sync; some nodes say true.
+        syncing = sync["result"] is not False
+    peers = _quantity(answers, _PEERS, required=False)
+    return HealthReport(ok=True, head=head, syncing=syncing, peers=peers, chain_id=chain_id)
+
+
+def _quantity(answers: dict[int, dict[str, Any]], ident: int, *, required: bool) -> int | None:
+    answer = answers.get(ident)
+    result = None if answer is None else answer.get("result")
+    if isinstance(result, str):
+        try:
+            return int(result, 16)
+        except ValueError:
+            pass
+    if not required:
+        return None
+    method = _METHODS[ident]
+    if answer is None:
+        raise _CheckFailed(f"{method}: no answer")
+    error = answer.get("error")
+    if isinstance(error, dict):
+        raise _CheckFailed(f"{method}: {error.get('message', error)}")
+    raise _CheckFailed(f"{method}: unexpected result {result!r}")
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise _CheckFailed("health check timed out")
+    return left

@@ -1,0 +1,411 @@
+"""``ChainPool``: the upstream nodes of one chain, their health, selection and retries.
+
+Selection: among upstreams whose health checks pass and whose breaker is closed, the lowest
+``ewma_latency × (inflight + 1) × (1 + 10·error_rate) / weight``. When none qualifies, a healthy
+upstream whose breaker grants its half-open probe may take the request. Otherwise the call fails
+at once with ``NoHealthyUpstream`` (the gateway's fast 503): an upstream that is unreachable,
+syncing, short of peers or too far behind is never used as a last resort, since its answers would
+be wrong rather than slow. Lag is measured against the best head among reachable, synced
+upstreams, so when the leader dies the next one up becomes the reference and is back in.
+
+Outcomes of a request attempt:
+
+======================================  ===========  =========  ==========================
+outcome                                 error rate   breaker    then
+======================================  ===========  =========  ==========================
+2xx JSON or empty, 4xx (not 429)        success      success    returned (JSON-RPC errors
+                                                                 pass through unchanged)
+transport error, timeout, 5xx,          failure      failure    next-best other upstream
+2xx that is not JSON
+429                                     failure      neutral    next-best other upstream
+======================================  ===========  =========  ==========================
+
+A 429 moves traffic away (score) without opening the breaker: a throttled node is healthy.
+
+Writes (``write_tx``) are retried too, but once an attempt may have delivered the transaction, a
+retry's "already known" error (or a "nonce too low" for a hash the node does know) is turned back
+into the success reply the first copy would have produced; see ``_writes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from hoodrun.config import ChainConfig, GatewayConfig, HealthConfig
+from hoodrun.upstreams._writes import (
+    ALREADY_KNOWN,
+    NONCE_TOO_LOW,
+    error_message,
+    success_reply,
+    tx_hash,
+)
+from hoodrun.upstreams.breaker import BreakerState
+from hoodrun.upstreams.errors import (
+    ChainIdMismatch,
+    NoHealthyUpstream,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
+from hoodrun.upstreams.health import check_upstream
+from hoodrun.upstreams.upstream import ERROR_ALPHA, Upstream
+
+__all__ = ["ChainPool", "UpstreamReply"]
+
+log = logging.getLogger("hoodrun.upstreams")
+
+_NEW, _RUNNING, _CLOSED = "new", "running", "closed"
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    """A node's answer. ``latency`` is the answering attempt's, in seconds."""
+
+    status: int
+    body: bytes
+    upstream: str
+    attempts: int
+    latency: float
+
+
+class ChainPool:
+    """The upstreams of one chain. ``start`` before use, ``aclose`` after (or ``async with``)."""
+
+    def __init__(
+        self,
+        chain: ChainConfig,
+        health: HealthConfig,
+        gateway: GatewayConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.chain = chain
+        self.name = chain.name
+        self._health = health
+        self._clock = clock
+        self._max_attempts = gateway.max_retries + 1
+        self._upstream_timeout = gateway.upstream_timeout
+        connect_timeout = min(2.0, gateway.upstream_timeout)
+        self.upstreams: list[Upstream] = [
+            Upstream(
+                config,
+                health,
+                max_connections=gateway.upstream_connections,
+                connect_timeout=connect_timeout,
+                clock=clock,
+                on_breaker_change=self._breaker_changed,
+            )
+            for config in chain.upstreams
+        ]
+        self._best_head: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state = _NEW
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check every upstream once, refuse a wrong chain id, then keep checking.
+
+        An unreachable upstream is not fatal: it starts out of rotation and joins once its
+        checks (including the chain id) pass.
+        """
+        if self._state is not _NEW:
+            raise RuntimeError(f"chain pool {self.name!r} was already started")
+        await self.check_now()
+        wrong = [up for up in self.upstreams if up.wrong_chain_id is not None]
+        if wrong:
+            await self._close_upstreams()
+            self._state = _CLOSED
+            raise ChainIdMismatch(
+                "; ".join(
+                    f"chain {self.name!r}: upstream {up.name!r} ({up.url}) reports chain id "
+                    f"{up.wrong_chain_id}, expected {self.chain.chain_id}"
+                    for up in wrong
+                )
+            )
+        self._state = _RUNNING
+        self._tasks = [
+            asyncio.create_task(self._health_loop(up), name=f"health:{self.name}:{up.name}")
+            for up in self.upstreams
+        ]
+
+    async def aclose(self) -> None:
+        if self._state is _CLOSED:
+            return
+        self._state = _CLOSED
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._close_upstreams()
+
+    async def __aenter__(self) -> ChainPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _close_upstreams(self) -> None:
+        await asyncio.gather(*(up.aclose() for up in self.upstreams))
+
+    # --- the hot path ------------------------------------------------------------------------
+
+    async def call(
+        self, body: bytes, *, deadline: float, write_tx: bytes | None = None
+    ) -> UpstreamReply:
+        """Send a JSON-RPC body to the best upstream, failing over until ``deadline`` (an
+        absolute ``loop.time()``). ``write_tx``: the raw signed transaction when ``body`` is a
+        single ``eth_sendRawTransaction``.
+
+        Raises ``NoHealthyUpstream`` (503) when no upstream is eligible, ``UpstreamTimeout``
+        (504) when the deadline passed, else the last attempt's ``UpstreamError`` (502).
+        """
+        if self._state is not _RUNNING:
+            raise RuntimeError(f"chain pool {self.name!r} is not running")
+        loop = asyncio.get_running_loop()
+        tried: list[Upstream] = []
+        last: UpstreamError | None = None
+        maybe_sent = False
+        while len(tried) < self._max_attempts:
+            started = loop.time()
+            remaining = deadline - started
+            if remaining <= 0:
+                break
+            probe = False
+            up = self._select(tried)
+            if up is None:
+                up = self._select_probe(tried)
+                if up is None:
+                    break
+                probe = True
+            tried.append(up)
+            up.inflight += 1
+            try:
+                status, reply, resent = await up.http.send(
+                    body,
+                    remaining if remaining < self._upstream_timeout else self._upstream_timeout,
+                )
+            except UpstreamError as exc:
+                up.inflight -= 1
+                up.record_failure()
+                exc.upstream = up.name
+                last = exc
+                maybe_sent = maybe_sent or exc.maybe_delivered
+                continue
+            except BaseException:
+                up.inflight -= 1
+                if probe:
+                    up.breaker.release_probe()
+                raise
+            up.inflight -= 1
+            latency = loop.time() - started
+            if 200 <= status < 300:
+                if not _looks_like_json(reply):
+                    last = self._bad(up, f"HTTP {status} with a body that is not JSON", status)
+                    maybe_sent = True
+                    continue
+            elif status == 429:
+                up.record_failure(breaker=False)
+                if probe:
+                    up.breaker.release_probe()
+                last = UpstreamRateLimited(status=429)
+                last.upstream = up.name
+                continue
+            elif not 400 <= status < 500:
+                last = self._bad(up, f"HTTP {status}", status)
+                maybe_sent = True
+                continue
+            up.record_success(latency)
+            if write_tx is not None and status == 200 and (maybe_sent or resent):
+                reply = await self._settle_write(up, body, reply, write_tx, deadline)
+            return UpstreamReply(status, reply, up.name, len(tried), latency)
+
+        if last is not None and maybe_sent:
+            last.maybe_delivered = True  # an earlier attempt may have got through
+        if loop.time() >= deadline:
+            if isinstance(last, UpstreamTimeout):
+                raise last
+            raise UpstreamTimeout(
+                f"chain {self.name!r}: no answer before the request deadline "
+                f"({len(tried)} attempt(s))",
+                maybe_delivered=maybe_sent,
+            ) from last
+        if last is None:
+            raise NoHealthyUpstream(f"no healthy upstream for chain {self.name!r}")
+        raise last
+
+    def _select(self, tried: list[Upstream]) -> Upstream | None:
+        best: Upstream | None = None
+        best_score = 0.0
+        for up in self.upstreams:
+            if up.out_reason is None and up.breaker.closed and up not in tried:
+                score = up.score()
+                if best is None or score < best_score:
+                    best, best_score = up, score
+        return best
+
+    def _select_probe(self, tried: list[Upstream]) -> Upstream | None:
+        """No closed breaker anywhere: let a request be a half-open probe."""
+        candidates = [
+            up
+            for up in self.upstreams
+            if up.out_reason is None and up not in tried and up.breaker.probe_available()
+        ]
+        for up in sorted(candidates, key=Upstream.score):
+            if up.breaker.allow():
+                return up
+        return None
+
+    def _bad(self, up: Upstream, what: str, status: int) -> UpstreamBadResponse:
+        up.record_failure()
+        error = UpstreamBadResponse(f"upstream {up.name!r} answered {what}", status=status)
+        error.upstream = up.name
+        return error
+
+    async def _settle_write(
+        self, up: Upstream, request: bytes, reply: bytes, raw_tx: bytes, deadline: float
+    ) -> bytes:
+        """A retried write may have been delivered before: see ``_writes``."""
+        message = error_message(reply)
+        if message is None:
+            return reply
+        if ALREADY_KNOWN.search(message):
+            log.info("chain %s: retried transaction was already known to %s", self.name, up.name)
+            return success_reply(request, tx_hash(raw_tx))
+        if NONCE_TOO_LOW.search(message):
+            digest = tx_hash(raw_tx)
+            if await self._knows_tx(up, digest, deadline):
+                log.info("chain %s: retried transaction %s was already in", self.name, digest)
+                return success_reply(request, digest)
+        return reply
+
+    async def _knows_tx(self, up: Upstream, digest: str, deadline: float) -> bool:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        query = orjson.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionByHash", "params": [digest]}
+        )
+        try:
+            _, reply = await up.http.post(query, min(remaining, self._upstream_timeout))
+            parsed = orjson.loads(reply)
+        except (UpstreamError, orjson.JSONDecodeError):
+            return False
+        return isinstance(parsed, dict) and isinstance(parsed.get("result"), dict)
+
+    # --- health ------------------------------------------------------------------------------
+
+    def best_head(self) -> int | None:
+        """The highest head among reachable, synced upstreams of the right chain."""
+        return self._best_head
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per upstream: health, reason, head, lag, breaker, latency, error rate, inflight."""
+        return [up.snapshot() for up in self.upstreams]
+
+    async def check_now(self) -> None:
+        """Check every upstream once, now (concurrently); the loop keeps its own rhythm."""
+        await asyncio.gather(*(self._check(up) for up in self.upstreams))
+
+    async def _health_loop(self, up: Upstream) -> None:
+        # One task per upstream: a hanging node delays only its own checks.
+        interval = self._health.interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._check(up)
+            except Exception:
+                log.exception("chain %s: health check of %s crashed", self.name, up.name)
+
+    async def _check(self, up: Upstream) -> None:
+        want_chain_id = not up.chain_verified
+        report = await check_upstream(
+            up.health_http, self._health.timeout, want_chain_id=want_chain_id, batch=up.batch_ok
+        )
+        up.checked_at = self._clock()
+        up.batch_ok = report.batch
+        if report.ok:
+            up.reachable = True
+            up.check_error = None
+            up.head, up.syncing, up.peers = report.head, report.syncing, report.peers
+            if want_chain_id:
+                if report.chain_id == self.chain.chain_id:
+                    up.chain_verified = True
+                    up.wrong_chain_id = None
+                else:
+                    up.wrong_chain_id = report.chain_id
+            up.record_latency(report.latency)
+            up.error_rate -= ERROR_ALPHA * up.error_rate
+        else:
+            up.reachable = False
+            up.check_error = report.error
+            up.chain_verified = False  # a node back from the dead may be another node
+        breaker = up.breaker
+        if not breaker.closed and breaker.allow():
+            # Past the cool-down, the health check is the half-open probe.
+            if report.ok and up.wrong_chain_id is None:
+                breaker.record_success()
+            else:
+                breaker.record_failure()
+        self._evaluate()
+
+    def _evaluate(self) -> None:
+        heads = [
+            up.head
+            for up in self.upstreams
+            if up.reachable and up.head is not None and up.wrong_chain_id is None and not up.syncing
+        ]
+        best = max(heads) if heads else None
+        self._best_head = best
+        for up in self.upstreams:
+            reason = self._judge(up, best)
+            if reason != up.out_reason:
+                if reason is None:
+                    log.info("chain %s: upstream %s is back in", self.name, up.name)
+                else:
+                    log.warning("chain %s: upstream %s is out: %s", self.name, up.name, reason)
+                up.out_reason = reason
+
+    def _judge(self, up: Upstream, best: int | None) -> str | None:
+        up.lag = None if best is None or up.head is None else max(0, best - up.head)
+        if up.checked_at is None:
+            return "not checked yet"
+        if not up.reachable:
+            return f"health check failed: {up.check_error}"
+        if up.wrong_chain_id is not None:
+            return f"wrong chain id {up.wrong_chain_id} (expected {self.chain.chain_id})"
+        if up.syncing:
+            return "syncing"
+        if up.peers is not None and up.peers < self._health.min_peers:
+            return f"{up.peers} peers (fewer than {self._health.min_peers})"
+        if up.lag is not None and up.lag > self._health.max_lag:
+            return f"{up.lag} blocks behind the best head {best}"
+        return None
+
+    def _breaker_changed(self, up: Upstream, old: BreakerState, new: BreakerState) -> None:
+        log.warning(
+            "chain %s: upstream %s breaker %s -> %s",
+            self.name,
+            up.name,
+            old.name.lower(),
+            new.name.lower(),
+        )
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """A cheap test: JSON-RPC answers are objects or arrays, or nothing at all (notifications
+    get an empty 200 or 204)."""
+    first = body[:1]
+    if first == b"{" or first == b"[" or not first:
+        return True
+    first = body.lstrip()[:1]
+    return first == b"{" or first == b"[" or not first
