@@ -81,7 +81,7 @@ def _wait_http(url: str, body: bytes, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            req = urllib.request.Request(
+            req = urllib.request.Request(  # noqa: S310 (127.0.0.1)
                 url, data=body, headers={"content-type": "application/json"}
             )
             with urllib.request.urlopen(req, timeout=1) as resp:  # noqa: S310 (127.0.0.1)
@@ -205,7 +205,8 @@ def main() -> None:
                     proc.kill()
             anvil.stop()
 
-    label = f"method {args.method}, gateway {'redis' if args.redis else 'in-process'} limits, {args.workers} process(es)"
+    limits = "redis" if args.redis else "in-process"
+    label = f"method {args.method}, gateway {limits} limits, {args.workers} process(es)"
     print(f"# {label}")
     for result in results:
         print(result.line())

@@ -292,7 +292,8 @@ class Gateway:
 
     def _plan_of(self, record: KeyRecord | None) -> PlanConfig:
         if record is None:
-            assert self._public_plan is not None
+            if self._public_plan is None:  # _authenticate lets keyless calls through only then
+                raise Unauthorized(_KEY_MESSAGES["key_missing"], reason="key_missing")
             return self._public_plan
         return self._plans.get(record.plan) or self._default_plan
 
@@ -311,14 +312,15 @@ class Gateway:
         self, record: KeyRecord | None, plan: PlanConfig, chain: _Chain, ip: str
     ) -> tuple[Bucket, ...]:
         if record is None:
-            buckets = [Bucket(f"ip:{ip}", plan.rate.rps, plan.rate.capacity)]
+            keyless = [Bucket(f"ip:{ip}", plan.rate.rps, plan.rate.capacity)]
             if chain.global_bucket is not None:
-                buckets.append(chain.global_bucket)
-            return tuple(buckets)
+                keyless.append(chain.global_bucket)
+            return tuple(keyless)
         cache_key = (record.id, chain.name)
         cached = self._bucket_cache.get(cache_key)
         if cached is not None and cached[0] is record:
             return cached[1]
+        built: list[Bucket]
         rate = plan.rate
         if record.rps is not None:
             rate = RateConfig(rps=record.rps, burst=record.burst or max(1, int(record.rps * 2)))
@@ -395,7 +397,8 @@ class Gateway:
             reply = await chain.pool.call(body, deadline=deadline, write_tx=write_tx)
         except NoHealthyUpstream:
             raise Unavailable(
-                f"Service unavailable: no healthy node for chain {chain.name!r} right now; retry shortly"
+                f"Service unavailable: no healthy node for chain {chain.name!r} right now; "
+                "retry shortly"
             ) from None
         except UpstreamTimeout:
             raise UpstreamTimedOut() from None
@@ -605,7 +608,7 @@ class Gateway:
             try:
                 await asyncio.wait_for(check(), 2.0)
                 checks[name] = {"ok": True}
-            except Exception as exc:  # any failure means not ready
+            except Exception as exc:  # noqa: BLE001 (any failure means not ready)
                 ok = False
                 checks[name] = {"ok": False, "error": type(exc).__name__}
         for chain in self.chains.values():

@@ -236,7 +236,7 @@ class _Connection(asyncio.Protocol):
         server = self._server
         try:
             response = await server.handler(request)
-        except Exception:  # a bug must not kill the connection silently
+        except Exception:  # noqa: BLE001 (a bug must not kill the connection silently)
             server.log_exception("unhandled error in request handler")
             response = server.fallback(500, b"internal error")
         finally:

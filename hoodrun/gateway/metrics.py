@@ -59,7 +59,7 @@ class _PoolCollector(Collector):
             labels=["chain", "upstream"],
         )
         chain_head = GaugeMetricFamily(
-            "hoodrun_chain_head_block", "Best head block of the chain's healthy upstreams", labels=["chain"]
+            "hoodrun_chain_head_block", "Best head block of the chain's upstreams", labels=["chain"]
         )  # fmt: skip
         for chain, best, upstreams in self._snapshots():
             if best is not None:

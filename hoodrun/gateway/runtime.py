@@ -101,14 +101,14 @@ class GatewayRuntime:
 
             # A blocking pool: past max_connections a decision waits briefly for a connection
             # instead of failing (which would fail the limits open exactly under load).
-            pool = redis.BlockingConnectionPool.from_url(
+            connections = redis.BlockingConnectionPool.from_url(
                 config.redis_url,
                 max_connections=256,
                 timeout=1.0,
                 socket_timeout=1.0,
                 socket_connect_timeout=1.0,
             )
-            client = redis.Redis.from_pool(pool)
+            client = redis.Redis.from_pool(connections)
             stack.push_async_callback(client.aclose)
             limiter = RedisLimiter(client, config.redis_prefix)
 
@@ -166,7 +166,8 @@ class GatewayRuntime:
             await asyncio.sleep(self._poll_interval)
             try:
                 hashes, newest = await keys.changed_since(watermark)
-            except Exception:  # the store may be down: degrade mode covers the keys
+            except Exception as exc:  # noqa: BLE001 (store down: degrade mode covers the keys)
+                log.debug("key change poll failed: %s", type(exc).__name__)
                 continue
             for key_hash in hashes:
                 verifier.purge(key_hash)
