@@ -361,7 +361,7 @@ class Gateway:
                 decision = await self.limiter.acquire(buckets, cost)
         except LimiterUnavailable:
             # A limiter outage must not take the platform down: fail open, and count it.
-            self.metrics.child(self.metrics.rate_limited, chain.name, "limiter_unavailable").inc()
+            self.metrics.rate_limited.inc((chain.name, "limiter_unavailable"))
             return
         headers += (
             ("x-ratelimit-limit", str(decision.limit)),
@@ -370,7 +370,7 @@ class Gateway:
         )
         if not decision.allowed:
             scope = (decision.bucket or "k").split(":", 1)[0]
-            self.metrics.child(self.metrics.rate_limited, chain.name, scope).inc()
+            self.metrics.rate_limited.inc((chain.name, scope))
             retry_after = (
                 max(1, math.ceil(decision.retry_after))
                 if math.isfinite(decision.retry_after)

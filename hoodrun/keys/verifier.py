@@ -65,15 +65,29 @@ class KeyVerifier:
         self._wall = wall
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[_Entry]] = {}
+        self._hashes: dict[str, str] = {}
         self.degraded = False  # the last lookup failed: serving from stale entries
         self.hits = 0
         self.misses = 0
+
+    def _hash(self, key: str) -> str:
+        """The key's hash, remembered for keys of the right shape (hashing is the larger part
+        of a cache hit). Junk is refused here, before any lookup."""
+        key_hash = self._hashes.get(key)
+        if key_hash is None:
+            if not looks_like_key(key):
+                raise KeyDenied("key_invalid")
+            if len(self._hashes) >= self._max_entries:
+                self._hashes.clear()
+            key_hash = self._hashes[key] = hash_key(key)
+        return key_hash
 
     def purge(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._hashes.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -83,9 +97,7 @@ class KeyVerifier:
 
         Raises ``KeyDenied`` for keys known to be unusable. Synchronous, for the hot path.
         """
-        if not looks_like_key(key):
-            raise KeyDenied("key_invalid")
-        entry = self._entries.get(hash_key(key))
+        entry = self._entries.get(self._hash(key))
         if entry is None or entry.fresh_until <= self._clock():
             return None
         self.hits += 1
@@ -96,7 +108,7 @@ class KeyVerifier:
         record = self.check(key)
         if record is not None:
             return record
-        key_hash = hash_key(key)
+        key_hash = self._hash(key)
         self.misses += 1
         pending = self._inflight.get(key_hash)
         if pending is None:
