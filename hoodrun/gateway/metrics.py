@@ -15,7 +15,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from hoodrun.telemetry.sink import RequestRecord
 
@@ -128,7 +127,7 @@ class _Histogram:
             buckets = []
             for bound, count in zip((*self.bounds, float("inf")), slots[:-1], strict=True):
                 running += count
-                buckets.append((floatToGoString(bound), running))
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
             family.add_metric(labels, buckets, slots[-1])
         return family
 
