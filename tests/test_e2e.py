@@ -92,10 +92,12 @@ def test_up_devnet_prints_a_working_endpoint_and_stops_cleanly(tmp_path: Path) -
                 "method": "eth_getTransactionReceipt",
                 "params": [tx],
             }
-            assert (
-                client.post(endpoint, content=orjson.dumps(receipt)).json()["result"]["status"]
-                == "0x1"
-            )
+            deadline = time.monotonic() + 10  # anvil mines right away, but asynchronously
+            while (
+                mined := client.post(endpoint, content=orjson.dumps(receipt)).json()["result"]
+            ) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert mined is not None and mined["status"] == "0x1"
             listed = client.get(
                 f"http://127.0.0.1:{api_port}/admin/v1/keys",
                 headers={"authorization": "Bearer test-token"},

@@ -26,10 +26,12 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import MaxConnectionsError, RedisError
 
+from hoodrun.limits._resp import RespClient
 from hoodrun.limits.bucket import Bucket, Decision, new_decision
 from hoodrun.limits.exceptions import LimiterClosed, LimiterUnavailable
 
@@ -48,7 +50,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RespClient,
         prefix: str,
         *,
         timeout: float | None = 0.5,
@@ -56,7 +58,8 @@ class RedisLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._key_prefix = f"{prefix}:rl:"
-        self._script = client.register_script(_SCRIPT)
+        # Both clients' scripts are awaited as ``script(keys=..., args=...)``.
+        self._script: Any = client.register_script(_SCRIPT)
         self._timeout = timeout
         self._cooldown = cooldown
         self._clock = clock
