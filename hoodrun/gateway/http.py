@@ -109,6 +109,7 @@ class _Connection(asyncio.Protocol):
         "last_active",
         "mid_request",
         "peer",
+        "task",
         "transport",
     )
 
@@ -128,6 +129,7 @@ class _Connection(asyncio.Protocol):
         self.peer = ""
         self.last_active = time.monotonic()
         self.mid_request = False
+        self.task: asyncio.Task[None] | None = None
 
     # --- transport callbacks ---------------------------------------------------------------
 
@@ -139,7 +141,8 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        if self.task is None:  # else _run removes it when the request is done
+            self._server.connections.discard(self)
         self.transport = None
         self._queue.clear()
 
@@ -228,9 +231,9 @@ class _Connection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self._busy = True
         self._server.inflight += 1
-        task = asyncio.get_running_loop().create_task(self._run(request))
-        self._server.tasks.add(task)
-        task.add_done_callback(self._server.tasks.discard)
+        # A connection runs one request at a time, so it holds its task itself: no shared set
+        # and no done-callback (an extra loop callback per request).
+        self.task = self._server.loop.create_task(self._run(request))
 
     async def _run(self, request: Request) -> None:
         server = self._server
@@ -241,8 +244,10 @@ class _Connection(asyncio.Protocol):
             response = server.fallback(500, b"internal error")
         finally:
             server.inflight -= 1
+            self.task = None
         transport = self.transport
-        if transport is None:
+        if transport is None:  # the client left meanwhile
+            server.connections.discard(self)
             return
         keep_alive = request.keep_alive and not server.stopping
         transport.write(_encode(response, keep_alive))
@@ -300,16 +305,16 @@ class HttpServer:
         self.keepalive_timeout = keepalive_timeout
         self.header_timeout = header_timeout
         self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
         self.inflight = 0
         self.stopping = False
+        self.loop: asyncio.AbstractEventLoop  # set by serve(), before any connection
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.log_exception = log_exception or (lambda message: None)
 
     async def serve(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Start listening; returns the bound port (useful with port 0)."""
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: _Connection(self), host, port, reuse_port=reuse_port or None, backlog=2048
         )
@@ -326,6 +331,9 @@ class HttpServer:
             for conn in list(self.connections):
                 conn.close_if_idle(now)
 
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return {conn.task for conn in self.connections if conn.task is not None}
+
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``timeout``), close the rest."""
         self.stopping = True
@@ -335,9 +343,9 @@ class HttpServer:
         for conn in list(self.connections):
             conn.close_if_idle(now)
         deadline = time.monotonic() + timeout
-        while self.tasks and time.monotonic() < deadline:
-            await asyncio.wait(set(self.tasks), timeout=deadline - time.monotonic())
-        for task in list(self.tasks):
+        while (tasks := self._tasks()) and time.monotonic() < deadline:
+            await asyncio.wait(tasks, timeout=deadline - time.monotonic())
+        for task in self._tasks():
             task.cancel()
         for conn in list(self.connections):
             conn._close()

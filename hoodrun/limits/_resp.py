@@ -48,10 +48,13 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Cached: asyncio.get_running_loop() costs a getpid() syscall per call.
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -145,7 +148,7 @@ class RespClient:
     async def _send(proto: _Protocol, args: Sequence[Any]) -> Any:
         if proto.transport is None or proto.closed:
             raise RedisConnectionError("connection to Redis is closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = proto.loop.create_future()
         proto.waiters.append(fut)
         proto.transport.write(_encode(args))
         return await fut

@@ -207,6 +207,7 @@ class HttpPool:
     def __init__(
         self, url: str, *, max_connections: int = 64, connect_timeout: float = 2.0
     ) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{url!r}: only http://host[:port]/path URLs are supported")
@@ -266,7 +267,10 @@ class HttpPool:
     ) -> tuple[int, bytes, bool]:
         """Like ``post``; the third item is True when the request was sent a second time after
         a reused connection died under it, so the first copy may have reached the node."""
-        loop = asyncio.get_running_loop()
+        # asyncio.get_running_loop() makes a getpid() syscall per call: the loop is cached.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self._idle and not self._closed:
             conn = self._idle.pop()

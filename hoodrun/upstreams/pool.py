@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -87,6 +87,7 @@ class ChainPool:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.chain = chain
         self.name = chain.name
         self._health = health
@@ -117,6 +118,7 @@ class ChainPool:
         An unreachable upstream is not fatal: it starts out of rotation and joins once its
         checks (including the chain id) pass.
         """
+        self._loop = asyncio.get_running_loop()
         if self._state is not _NEW:
             raise RuntimeError(f"chain pool {self.name!r} was already started")
         await self.check_now()
@@ -171,7 +173,8 @@ class ChainPool:
         """
         if self._state is not _RUNNING:
             raise RuntimeError(f"chain pool {self.name!r} is not running")
-        loop = asyncio.get_running_loop()
+        # Cached in start(): asyncio.get_running_loop() costs a getpid() syscall per call.
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
         tried: list[Upstream] = []
         last: UpstreamError | None = None
         maybe_sent = False

@@ -27,8 +27,9 @@ T = TypeVar("T")
 
 
 class ThreadedGateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sinks: tuple[Any, ...] = ()) -> None:
         self.config = config
+        self.sinks = sinks
         self.loop = asyncio.new_event_loop()
         self.runtime: GatewayRuntime | None = None
         self._ready = threading.Event()
@@ -44,7 +45,9 @@ class ThreadedGateway:
         self._stop = asyncio.Event()
         try:
             await upgrade(self.config.database_url)
-            async with GatewayRuntime(self.config, port=0, key_poll_interval=0.5) as runtime:
+            async with GatewayRuntime(
+                self.config, port=0, key_poll_interval=0.5, sinks=self.sinks
+            ) as runtime:
                 self.runtime = runtime
                 self._ready.set()
                 await self._stop.wait()
@@ -134,8 +137,8 @@ def sqlite_url(tmp_path: Path) -> str:
 def gateway_factory() -> Iterator[Any]:
     started: list[ThreadedGateway] = []
 
-    def make(config: Config) -> ThreadedGateway:
-        gw = ThreadedGateway(config).start()
+    def make(config: Config, sinks: tuple[Any, ...] = ()) -> ThreadedGateway:
+        gw = ThreadedGateway(config, sinks).start()
         started.append(gw)
         return gw
 

@@ -173,3 +173,32 @@ def test_key_never_leaks(
     for text in bodies:
         assert created.key not in text
         assert created.key[3:] not in text
+
+
+def test_ip_lists_and_trusted_proxies(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Any, client: httpx.Client
+) -> None:
+    config = make_config(
+        sqlite_url,
+        {"eth": (1, [eth_anvil])},
+        gateway={"trusted_proxies": ["127.0.0.1/32"], "ip_deny": ["203.0.113.0/24"]},
+    )
+    gw: ThreadedGateway = gateway_factory(config)
+    key = gw.key().key
+    # The peer (127.0.0.1) is a trusted proxy, so the client is the address it forwards.
+    denied = _call(client, gw.endpoint(key), **{"x-forwarded-for": "203.0.113.5"})
+    assert _error(denied) == (403, -32016, "ip_denied")
+    assert _call(client, gw.endpoint(key), **{"x-forwarded-for": "198.51.100.1"}).status_code == 200
+    # A client cannot hide behind an address it puts further left in the header.
+    spoofed = _call(client, gw.endpoint(key), **{"x-forwarded-for": "198.51.100.1, 203.0.113.5"})
+    assert spoofed.status_code == 403
+
+    untrusted = make_config(
+        sqlite_url, {"eth": (1, [eth_anvil])}, gateway={"ip_deny": ["203.0.113.0/24"]}
+    )
+    gw2: ThreadedGateway = gateway_factory(untrusted)
+    key2 = gw2.key().key
+    # Without trusted proxies the header is ignored: the socket peer is allowed.
+    assert (
+        _call(client, gw2.endpoint(key2), **{"x-forwarded-for": "203.0.113.5"}).status_code == 200
+    )
