@@ -266,7 +266,15 @@ class Gateway:
                     ("access-control-expose-headers", _CORS_EXPOSE),
                 )
             is_batch, calls = parse_body(request.body, plan.max_batch or self._max_batch)
-            await self._limit(record, plan, chain, client_ip, len(calls), headers)
+            buckets = self._buckets(record, plan, chain, client_ip)
+            # The in-process limiter answers synchronously: no coroutine, no task switch.
+            decision = (
+                self._sync_limiter.acquire_now(buckets, len(calls))
+                if self._sync_limiter is not None
+                else await self._acquire(buckets, len(calls), chain)
+            )
+            if decision is not None:
+                self._admit(decision, chain, headers)
             if is_batch:
                 body = await self._forward_batch(chain, record, plan, calls, trace)
                 response = Response(200 if body else 204, body, headers)
@@ -357,78 +365,75 @@ class Gateway:
         self._bucket_cache[cache_key] = (record, buckets)
         return buckets
 
-    async def _limit(
-        self,
-        record: KeyRecord | None,
-        plan: PlanConfig,
-        chain: _Chain,
-        ip: str,
-        cost: int,
-        headers: list[tuple[str, str]],
-    ) -> None:
-        buckets = self._buckets(record, plan, chain, ip)
-        decision: Decision
+    async def _acquire(
+        self, buckets: tuple[Bucket, ...], cost: int, chain: _Chain
+    ) -> Decision | None:
+        """A shared limiter's decision; ``None`` when it cannot decide (limits fail open)."""
         try:
-            if self._sync_limiter is not None:
-                decision = self._sync_limiter.acquire_now(buckets, cost)
-            else:
-                decision = await self.limiter.acquire(buckets, cost)
+            return await self.limiter.acquire(buckets, cost)
         except LimiterUnavailable:
             # A limiter outage must not take the platform down: fail open, and count it.
             self.metrics.rate_limited.inc((chain.name, "limiter_unavailable"))
-            return
+            return None
+
+    def _admit(self, decision: Decision, chain: _Chain, headers: list[tuple[str, str]]) -> None:
+        """Add the rate-limit headers; raise ``RateLimited`` for a refusal."""
         headers += (
             ("x-ratelimit-limit", str(decision.limit)),
             ("x-ratelimit-remaining", str(decision.remaining)),
             ("x-ratelimit-reset", str(math.ceil(decision.reset_after))),
         )
-        if not decision.allowed:
-            scope = (decision.bucket or "k").split(":", 1)[0]
-            self.metrics.rate_limited.inc((chain.name, scope))
-            retry_after = (
-                max(1, math.ceil(decision.retry_after))
-                if math.isfinite(decision.retry_after)
-                else 3600
-            )
-            what = {
-                "c": "this chain's global",
-                "ip": "this address's",
-                "kc": "this key's per-chain",
-            }.get(scope, "this key's")
-            raise RateLimited(
-                f"Rate limit exceeded: {what} limit allows {decision.limit} calls in a burst; "
-                f"retry after {retry_after} s",
-                headers=[("retry-after", str(retry_after))],
-            )
+        if decision.allowed:
+            return
+        scope = (decision.bucket or "k").split(":", 1)[0]
+        self.metrics.rate_limited.inc((chain.name, scope))
+        retry_after = (
+            max(1, math.ceil(decision.retry_after)) if math.isfinite(decision.retry_after) else 3600
+        )
+        what = {
+            "c": "this chain's global",
+            "ip": "this address's",
+            "kc": "this key's per-chain",
+        }.get(scope, "this key's")
+        raise RateLimited(
+            f"Rate limit exceeded: {what} limit allows {decision.limit} calls in a burst; "
+            f"retry after {retry_after} s",
+            headers=[("retry-after", str(retry_after))],
+        )
 
     # --- forwarding ------------------------------------------------------------------------
+
+    def _upstream_failure(self, chain: _Chain, exc: UpstreamError) -> GatewayError:
+        if isinstance(exc, NoHealthyUpstream):
+            return Unavailable(
+                f"Service unavailable: no healthy node for chain {chain.name!r} right now; "
+                "retry shortly"
+            )
+        if isinstance(exc, UpstreamTimeout):
+            return UpstreamTimedOut()
+        if isinstance(exc, UpstreamRateLimited):
+            return RateLimited(
+                "Rate limit exceeded: every node of this chain is throttling; retry shortly",
+                reason="upstream_rate_limited",
+                headers=[("retry-after", "1")],
+            )
+        # The message names the node (host:port): for the operator's log, not the client.
+        log.warning("chain %s: upstream failure: %s", chain.name, exc)
+        return UpstreamFailed()
+
+    def _deadline(self) -> float:
+        loop = self._loop
+        if loop is None:  # get_running_loop() costs a getpid() syscall: once is enough
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time() + self._request_timeout
 
     async def _call_upstream(
         self, chain: _Chain, body: bytes, trace: _Trace, write_tx: bytes | None = None
     ) -> tuple[int, bytes]:
-        loop = self._loop
-        if loop is None:  # get_running_loop() costs a getpid() syscall: once is enough
-            loop = self._loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._request_timeout
         try:
-            reply = await chain.pool.call(body, deadline=deadline, write_tx=write_tx)
-        except NoHealthyUpstream:
-            raise Unavailable(
-                f"Service unavailable: no healthy node for chain {chain.name!r} right now; "
-                "retry shortly"
-            ) from None
-        except UpstreamTimeout:
-            raise UpstreamTimedOut() from None
-        except UpstreamRateLimited:
-            raise RateLimited(
-                "Rate limit exceeded: every node of this chain is throttling; retry shortly",
-                reason="upstream_rate_limited",
-                headers=[("retry-after", "1")],
-            ) from None
+            reply = await chain.pool.call(body, deadline=self._deadline(), write_tx=write_tx)
         except UpstreamError as exc:
-            # The message names the node (host:port): for the operator's log, not the client.
-            log.warning("chain %s: upstream failure: %s", chain.name, exc)
-            raise UpstreamFailed() from None
+            raise self._upstream_failure(chain, exc) from None
         trace.upstream = reply.upstream
         trace.upstream_latency = reply.latency
         trace.attempts += reply.attempts
@@ -449,7 +454,14 @@ class Gateway:
         if not self._permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
-        status, reply = await self._call_upstream(chain, body, trace, write_tx)
+        try:
+            answer = await chain.pool.call(body, deadline=self._deadline(), write_tx=write_tx)
+        except UpstreamError as exc:
+            raise self._upstream_failure(chain, exc) from None
+        trace.upstream = answer.upstream
+        trace.upstream_latency = answer.latency
+        trace.attempts = answer.attempts
+        status, reply = answer.status, answer.body
         if method == "eth_blockNumber" and status == 200:
             reply = self._monotonic_head_body(chain, reply)
         elif status == 200 and b'"error"' in reply:
