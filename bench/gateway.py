@@ -160,6 +160,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="gateway processes (SO_REUSEPORT)")
     parser.add_argument("--method", default="eth_chainId")
     args = parser.parse_args()
+    if args.workers > 1 and not args.redis:
+        raise SystemExit(
+            "several gateway processes share limits only through Redis: add --redis "
+            "(without it each process would enforce its own copy of every limit)"
+        )
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install -y wrk nginx")
 

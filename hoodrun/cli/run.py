@@ -103,6 +103,11 @@ def register(app: typer.Typer) -> None:
         _setup_logging(config.log_level)
         if not config.chains:
             fail("no chains configured: add at least one chain with upstreams to the config")
+        if reuse_port and config.redis_url is None:
+            fail(
+                "--reuse-port runs several gateway processes, which share rate limits and key "
+                "revocations only through Redis: set redis_url"
+            )
 
         async def main() -> None:
             import signal
