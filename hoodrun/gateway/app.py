@@ -454,14 +454,7 @@ class Gateway:
         if not self._permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
-        try:
-            answer = await chain.pool.call(body, deadline=self._deadline(), write_tx=write_tx)
-        except UpstreamError as exc:
-            raise self._upstream_failure(chain, exc) from None
-        trace.upstream = answer.upstream
-        trace.upstream_latency = answer.latency
-        trace.attempts = answer.attempts
-        status, reply = answer.status, answer.body
+        status, reply = await self._call_upstream(chain, body, trace, write_tx)
         if method == "eth_blockNumber" and status == 200:
             reply = self._monotonic_head_body(chain, reply)
         elif status == 200 and b'"error"' in reply:
