@@ -39,7 +39,8 @@ def _print_demo(info: object) -> None:
     stdout.print("\n[bold green]HoodRun is up[/] (Ctrl-C stops everything it started)\n")
     stdout.print(f"  gateway   {info.gateway_url}   chains: {', '.join(info.chains)}")
     stdout.print(f"  admin API {info.api_url}")
-    stdout.print(f"  demo key  {info.key}   (id {info.key_id}; shown once)\n")
+    stdout.print(f"  demo key  {info.key}", soft_wrap=True)
+    stdout.print(f"            id {info.key_id}; the key is shown once\n", soft_wrap=True)
     stdout.print(f"  endpoint  {endpoint}\n")
     stdout.print("[bold]curl[/]")
     stdout.print(
@@ -47,7 +48,7 @@ def _print_demo(info: object) -> None:
         """-d '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'\n""",
         soft_wrap=True,
     )
-    stdout.print("[bold]web3.py[/]")
+    stdout.print("[bold]web3.py[/] (pip install web3)")
     stdout.print(
         '  python3 -c "from web3 import Web3; '
         f"w3 = Web3(Web3.HTTPProvider('{endpoint}')); "
