@@ -26,6 +26,8 @@ import httptools
 __all__ = ["HttpServer", "Request", "Response"]
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+MAX_URL = 8 * 1024  # longer request targets get 414
+MAX_HEADER_BYTES = 64 * 1024  # more header bytes get 431
 _JSON = b"application/json"
 
 
@@ -73,7 +75,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 Fallback = Callable[[int, bytes], Response]  # (status, message) -> response for protocol errors
 
 
-def _encode(response: Response, keep_alive: bool) -> bytes:
+def _encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:
     status = response.status
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
@@ -88,7 +90,7 @@ def _encode(response: Response, keep_alive: bool) -> bytes:
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
-    if status != 204:
+    if status != 204 and not head:  # a HEAD answer says the length but carries no body
         parts.append(response.body)
     return b"".join(parts)
 
@@ -98,7 +100,11 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_busy",
         "_closing",
+        "_continue_sent",
+        "_eof",
         "_expect_continue",
+        "_failure",
+        "_head_bytes",
         "_headers",
         "_parser",
         "_queue",
@@ -109,6 +115,7 @@ class _Connection(asyncio.Protocol):
         "last_active",
         "mid_request",
         "peer",
+        "request_started",
         "task",
         "transport",
     )
@@ -125,6 +132,11 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._expect_continue = False
+        self._continue_sent = False
+        self._eof = False
+        self._failure: Response | None = None  # answered after the requests before it
+        self._head_bytes = 0
+        self.request_started = 0.0
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.last_active = time.monotonic()
@@ -147,6 +159,8 @@ class _Connection(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._failure is not None:
+            return  # the stream is broken; the error goes out after the answers before it
         self.last_active = time.monotonic()
         try:
             self._parser.feed_data(data)
@@ -162,13 +176,23 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.transport is not None:
+        if self.transport is not None and self._failure is None:
             self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client closed its sending side: answer what it sent, then close."""
+        if self._busy or self._queue:
+            self._eof = True
+            return True  # keep the transport open for the answers
+        return None
 
     # --- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.mid_request = True
+        self.request_started = time.monotonic()
+        self._head_bytes = 0
+        self._continue_sent = False
         self._url = b""
         self._headers = {}
         self._body = []
@@ -177,8 +201,14 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > MAX_URL:
+            self._fail(414, b"URI Too Long: the request path is longer than allowed")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self._fail(431, b"Request Header Fields Too Large")
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         if key in self._headers:
@@ -194,6 +224,7 @@ class _Connection(asyncio.Protocol):
         if self._headers.get("expect", "").lower() == "100-continue":
             self._expect_continue = True
             if self.transport is not None and not self._busy and not self._queue:
+                self._continue_sent = True
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -205,7 +236,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.mid_request = False
-        if self._closing:
+        if self._closing or self._failure is not None:
             return
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
@@ -250,25 +281,39 @@ class _Connection(asyncio.Protocol):
             server.connections.discard(self)
             return
         keep_alive = request.keep_alive and not server.stopping
-        transport.write(_encode(response, keep_alive))
+        transport.write(_encode(response, keep_alive, request.method == "HEAD"))
         self._busy = False
         self.last_active = time.monotonic()
         if not keep_alive:
             self._close()
             return
         if self._queue:
-            if not self._write_paused:
+            if not self._write_paused and self._failure is None:
                 transport.resume_reading()
             self._start(self._queue.popleft())
+        elif self._failure is not None:
+            self._send_failure()
+        elif self._eof:
+            self._close()
+        elif self.mid_request and self._expect_continue and not self._continue_sent:
+            # The next request's headers came while this one ran: it waits for its 100 now.
+            self._continue_sent = True
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _fail(self, status: int, message: bytes) -> None:
-        """Answer a protocol-level error and close: the stream cannot be trusted further."""
-        if self._closing:
+        """A protocol-level error: the stream cannot be trusted further. Requests received
+        before it are still answered, in order; then the error, then the connection closes."""
+        if self._closing or self._failure is not None:
             return
-        self._closing = True
-        self._queue.clear()
-        if self.transport is not None and not self._busy:
-            self.transport.write(_encode(self._server.fallback(status, message), False))
+        self._failure = self._server.fallback(status, message)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self._busy and not self._queue:
+            self._send_failure()
+
+    def _send_failure(self) -> None:
+        if self.transport is not None and self._failure is not None:
+            self.transport.write(_encode(self._failure, False))
         self._close()
 
     def _close(self) -> None:
@@ -280,9 +325,12 @@ class _Connection(asyncio.Protocol):
         server = self._server
         if self._busy or self._queue:
             return
-        idle = now - self.last_active
-        limit = server.header_timeout if self.mid_request else server.keepalive_timeout
-        if server.stopping or idle > limit:
+        if self.mid_request:
+            # A deadline for the whole request, not an idle timer: a client trickling a byte
+            # at a time (slowloris) is cut off all the same.
+            if server.stopping or now - self.request_started > server.header_timeout:
+                self._close()
+        elif server.stopping or now - self.last_active > server.keepalive_timeout:
             self._close()
 
 

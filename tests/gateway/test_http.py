@@ -124,3 +124,89 @@ async def test_graceful_shutdown_finishes_requests_in_flight() -> None:
     assert b"POST /slow Z" in data and b"connection: close" in data
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _raw(
+    port: int, chunks: list[bytes], half_close: bool = False, wait: float = 0.0
+) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for chunk in chunks:
+        writer.write(chunk)
+        await writer.drain()
+        if wait:
+            await asyncio.sleep(wait)
+    if half_close:
+        writer.write_eof()
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 3):
+            data += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return data
+
+
+async def test_head_answers_carry_no_body(server: tuple[HttpServer, int]) -> None:
+    _, port = server
+    data = await _raw(
+        port,
+        [
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nPOST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nQ"
+        ],
+    )
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert b"content-length: 8" in first  # the length of b"HEAD /h ", which is not sent
+    assert rest.startswith(b"HTTP/1.1 200 OK") and rest.endswith(b"POST /p Q")
+
+
+async def test_a_bad_request_after_a_good_one_still_gets_both_answers(
+    server: tuple[HttpServer, int],
+) -> None:
+    _, port = server
+    data = await _raw(
+        port,
+        [b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA", b"GARBAGE\r\n\r\n"],
+        wait=0.05,
+    )
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"POST /slow A" in data
+    assert b"HTTP/1.1 400" in data and data.rstrip().endswith(
+        b"fallback:Bad Request: malformed HTTP"
+    )
+
+
+async def test_half_closed_clients_get_their_answer(server: tuple[HttpServer, int]) -> None:
+    _, port = server
+    data = await _raw(
+        port, [b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nH"], half_close=True
+    )
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"POST /slow H")
+
+
+async def test_header_and_url_caps(server: tuple[HttpServer, int]) -> None:
+    _, port = server
+    huge = (
+        b"POST /h HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"y" * 1000) for i in range(80))
+        + b"\r\n"
+    )
+    assert (await _raw(port, [huge])).startswith(b"HTTP/1.1 431")
+    long_url = b"POST /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert (await _raw(port, [long_url])).startswith(b"HTTP/1.1 414")
+
+
+async def test_expect_continue_behind_a_busy_request(server: tuple[HttpServer, int]) -> None:
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA")
+    writer.write(
+        b"POST /next HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n"
+    )
+    data = b""
+    while b"100 Continue" not in data:
+        data += await asyncio.wait_for(reader.read(65536), 3)
+    assert data.index(b"POST /slow A") < data.index(b"100 Continue")
+    writer.write(b"B")
+    while not data.endswith(b"POST /next B"):
+        data += await asyncio.wait_for(reader.read(65536), 3)
+    writer.close()
