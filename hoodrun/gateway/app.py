@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -66,6 +67,8 @@ _KEY_MESSAGES = {
 }
 _CORS_EXPOSE = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
 _WRITE_METHOD = "eth_sendRawTransaction"
+_CHAIN_SHAPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_TOO_DEEP = "Invalid Request: the call is nested too deeply"
 
 
 class _Chain:
@@ -247,8 +250,11 @@ class Gateway:
                 )
             chain = self.chains.get(chain_name)
             if chain is None:
+                # Echo the name only when it looks like one: a key in the wrong place must not
+                # come back in the message.
+                shown = f" {chain_name!r}" if _CHAIN_SHAPE.match(chain_name) else ""
                 raise UnknownChain(
-                    f"Unknown chain {chain_name!r}: use one of {', '.join(sorted(self.chains))}"
+                    f"Unknown chain{shown}: use one of {', '.join(sorted(self.chains))}"
                 )
             record = await self._authenticate(key, origin)
             trace.record = record
@@ -288,6 +294,11 @@ class Gateway:
             reason = error.reason
             request_id = calls[0].id if len(calls) == 1 else None
             response = Response(error.status, error.body(request_id), headers + error.headers)
+        except Exception:  # a bug: answer it properly and keep the record
+            log.exception("unexpected error in the request pipeline")
+            reason = "internal_error"
+            failure = error_object(-32603, "Internal error", None, {"reason": reason})
+            response = Response(500, orjson.dumps(failure), headers)
         self._emit(request, trace, calls, response, reason)
         return response
 
@@ -492,7 +503,8 @@ class Gateway:
                 reads.append((index, call))
         jobs = []
         if reads:
-            jobs.append(self._batch_reads(chain, reads, answers, trace))
+            # With writes in the batch, a failure of the reads must not hide the writes' answers.
+            jobs.append(self._batch_reads(chain, reads, answers, trace, isolate=bool(writes)))
         for index, call in writes:
             jobs.append(self._batch_write(chain, index, call, answers, trace))
         if jobs:
@@ -502,14 +514,45 @@ class Gateway:
         return orjson.dumps(out) if out else b""
 
     async def _batch_reads(
-        self, chain: _Chain, reads: list[tuple[int, Call]], answers: list[Any], trace: _Trace
+        self,
+        chain: _Chain,
+        reads: list[tuple[int, Call]],
+        answers: list[Any],
+        trace: _Trace,
+        *,
+        isolate: bool = False,
     ) -> None:
         # Ids are replaced by positions so duplicate or odd client ids cannot mix answers up.
         upstream_batch = [
             call.obj if call.notification else {**call.obj, "id": n}
             for n, (_, call) in enumerate(reads)
         ]
-        status, body = await self._call_upstream(chain, orjson.dumps(upstream_batch), trace)
+        try:
+            payload = orjson.dumps(upstream_batch)
+        except orjson.JSONEncodeError:
+            # orjson reads deeper nesting than it writes: answer those entries, send the rest.
+            fine = []
+            for index, call in reads:
+                try:
+                    orjson.dumps(call.obj)
+                except orjson.JSONEncodeError:
+                    answers[index] = error_object(
+                        -32600, _TOO_DEEP, call.id, {"reason": "invalid_request"}
+                    )
+                else:
+                    fine.append((index, call))
+            if fine:
+                await self._batch_reads(chain, fine, answers, trace, isolate=isolate)
+            return
+        try:
+            status, body = await self._call_upstream(chain, payload, trace)
+        except GatewayError as error:
+            if not isolate:
+                raise
+            for index, call in reads:
+                if not call.notification:
+                    answers[index] = error.to_object(call.id)
+            return
         parsed = _loads(body)
         if isinstance(parsed, list):
             by_id = {item.get("id"): item for item in parsed if isinstance(item, dict)}
@@ -544,7 +587,12 @@ class Gateway:
         self, chain: _Chain, index: int, call: Call, answers: list[Any], trace: _Trace
     ) -> None:
         try:
-            _, body = await self._call_upstream(chain, orjson.dumps(call.obj), trace, _raw_tx(call))
+            payload = orjson.dumps(call.obj)
+        except orjson.JSONEncodeError:
+            answers[index] = error_object(-32600, _TOO_DEEP, call.id, {"reason": "invalid_request"})
+            return
+        try:
+            _, body = await self._call_upstream(chain, payload, trace, _raw_tx(call))
         except GatewayError as error:
             if not call.notification:
                 answers[index] = error.to_object(call.id)

@@ -39,7 +39,11 @@ def _call(obj: Any) -> Call:
     )
     if not valid:
         # The spec answers an invalid entry with id null unless its id is usable.
-        usable_id = request_id if isinstance(request_id, str | int) else None
+        usable_id = (
+            request_id
+            if isinstance(request_id, str | int) and not isinstance(request_id, bool)
+            else None
+        )
         return Call(obj, None, usable_id, False)
     return Call(obj, method, request_id, notification)
 

@@ -21,6 +21,7 @@ from hoodrun.keys.secret import hash_key, looks_like_key
 __all__ = ["KeyDenied", "KeyStoreDown", "KeyVerifier"]
 
 Lookup = Callable[[str], Awaitable[KeyRecord | None]]
+_DEGRADED_RETRY = 5.0  # seconds between store retries for a key served stale
 
 
 class KeyDenied(Exception):
@@ -66,6 +67,7 @@ class KeyVerifier:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[_Entry]] = {}
         self._hashes: dict[str, str] = {}
+        self._unknown: dict[str, _Entry] = {}
         self.degraded = False  # the last lookup failed: serving from stale entries
         self.hits = 0
         self.misses = 0
@@ -84,9 +86,11 @@ class KeyVerifier:
 
     def purge(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)
+        self._unknown.pop(key_hash, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._unknown.clear()
         self._hashes.clear()
 
     def __len__(self) -> int:
@@ -97,7 +101,8 @@ class KeyVerifier:
 
         Raises ``KeyDenied`` for keys known to be unusable. Synchronous, for the hot path.
         """
-        entry = self._entries.get(self._hash(key))
+        key_hash = self._hash(key)
+        entry = self._entries.get(key_hash) or self._unknown.get(key_hash)
         if entry is None or entry.fresh_until <= self._clock():
             return None
         self.hits += 1
@@ -147,23 +152,33 @@ class KeyVerifier:
             self.degraded = True
             stale = self._entries.get(key_hash)
             if stale is not None and stale.record is not None and stale.stale_until > now:
+                # Serve it stale, and do not ask the broken store again for a while: every
+                # request would otherwise wait for the store's timeout.
+                stale.fresh_until = min(now + min(self._ttl, _DEGRADED_RETRY), stale.stale_until)
                 return stale
             raise KeyStoreDown from exc
         self.degraded = False
         if record is None:
             entry = _Entry(None, now + self._negative_ttl, now + self._negative_ttl, None, None)
-        else:
-            entry = _Entry(
-                record,
-                now + self._ttl,
-                now + self._ttl + self._degrade_ttl,
-                record.revoked_at.timestamp() if record.revoked_at else None,
-                record.expires_at.timestamp() if record.expires_at else None,
-            )
+            # Unknown keys live in their own bounded table: a flood of made-up keys must not
+            # push verified keys (and their degrade-mode safety net) out of the cache.
+            if len(self._unknown) >= self._max_entries:
+                self._unknown.clear()
+            self._unknown[key_hash] = entry
+            self._entries.pop(key_hash, None)
+            return entry
+        entry = _Entry(
+            record,
+            now + self._ttl,
+            now + self._ttl + self._degrade_ttl,
+            record.revoked_at.timestamp() if record.revoked_at else None,
+            record.expires_at.timestamp() if record.expires_at else None,
+        )
         if len(self._entries) >= self._max_entries:
             # Drop the oldest tenth: dicts keep insertion order, and refreshes re-insert.
             for old in list(self._entries)[: self._max_entries // 10 or 1]:
                 del self._entries[old]
+        self._unknown.pop(key_hash, None)
         self._entries.pop(key_hash, None)
         self._entries[key_hash] = entry
         return entry

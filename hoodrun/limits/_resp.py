@@ -107,17 +107,24 @@ class RespClient:
         self._closed = False
 
     async def _open(self) -> _Protocol:
+        """Connect, authenticate and select the database, all within ``connect_timeout``."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout):
-            if self._unix is not None:
-                _, proto = await loop.create_unix_connection(_Protocol, self._unix)
-            else:
-                _, proto = await loop.create_connection(_Protocol, self._host, self._port)
-        if self._password is not None:
-            auth = [self._username, self._password] if self._username else [self._password]
-            await self._send(proto, ["AUTH", *auth])
-        if self._db:
-            await self._send(proto, ["SELECT", self._db])
+        proto: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if self._unix is not None:
+                    _, proto = await loop.create_unix_connection(_Protocol, self._unix)
+                else:
+                    _, proto = await loop.create_connection(_Protocol, self._host, self._port)
+                if self._password is not None:
+                    auth = [self._username, self._password] if self._username else [self._password]
+                    await self._send(proto, ["AUTH", *auth])
+                if self._db:
+                    await self._send(proto, ["SELECT", self._db])
+        except BaseException:
+            if proto is not None and proto.transport is not None:
+                proto.transport.abort()  # never leave a half-set-up connection open
+            raise
         return proto
 
     async def _connection(self) -> _Protocol:
@@ -126,23 +133,31 @@ class RespClient:
         if proto is not None and not proto.closed:
             return proto
         pending = self._connecting[slot]
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._connecting[slot] = pending
-            try:
-                proto = await self._open()
-            except (OSError, TimeoutError) as exc:
-                error = RedisConnectionError(f"cannot connect to Redis: {exc!r}")
-                pending.set_exception(error)
-                pending.exception()  # retrieved: waiters get it below
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._connecting[slot] = pending
+        try:
+            proto = await self._open()
+        except BaseException as exc:
+            # Whatever stopped this caller (refused, AUTH error, its own timeout or
+            # cancellation), the callers waiting on the same connection hear of it too.
+            error = (
+                exc
+                if isinstance(exc, RedisConnectionError | ResponseError)
+                else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
+            )
+            pending.set_exception(error)
+            pending.exception()  # retrieved here: a lone caller leaves no warning behind
+            if isinstance(exc, OSError | TimeoutError):
                 raise error from exc
-            else:
-                self._slots[slot] = proto
-                pending.set_result(proto)
-            finally:
-                self._connecting[slot] = None
+            raise
+        else:
+            self._slots[slot] = proto
+            pending.set_result(proto)
             return proto
-        return await asyncio.shield(pending)
+        finally:
+            self._connecting[slot] = None
 
     @staticmethod
     async def _send(proto: _Protocol, args: Sequence[Any]) -> Any:

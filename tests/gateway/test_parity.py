@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -140,3 +141,55 @@ def test_block_number_never_goes_backwards(gw: ThreadedGateway, client: httpx.Cl
     assert int(again, 16) == int(high, 16)
     in_batch = _post(client, gw.endpoint(key), [rpc("eth_blockNumber")]).json()
     assert int(in_batch[0]["result"], 16) == int(high, 16)
+
+
+def test_odd_inputs_get_spec_errors_not_500s(gw: ThreadedGateway, client: httpx.Client) -> None:
+    key = gw.key().key
+    deep: Any = 0
+    for _ in range(300):  # readable by the JSON parser, deeper than its writer allows
+        deep = [deep]
+    batch = [rpc("eth_call", [deep], id=1), rpc("eth_chainId", id=2)]
+    answers = _post(client, gw.endpoint(key), json.dumps(batch).encode())
+    assert answers.status_code == 200
+    first, second = answers.json()
+    assert first["error"]["code"] == -32600 and first["id"] == 1
+    assert second["result"] == "0x1"
+    single = _post(client, gw.endpoint(key), json.dumps(rpc("eth_call", [deep])).encode())
+    assert single.status_code == 200 and "error" in single.json()  # forwarded as sent
+    odd_id = _post(
+        client, gw.endpoint(key), [{"jsonrpc": "2.0", "id": True, "method": "eth_chainId"}]
+    )
+    assert odd_id.json()[0]["id"] is None and odd_id.json()[0]["error"]["code"] == -32600
+    swapped = _post(client, f"{gw.url}/{key}/v1", rpc("eth_chainId"))
+    assert swapped.status_code == 404 and key not in swapped.text
+
+
+def test_a_batch_with_a_signed_write_answers_the_write_with_its_hash(
+    gw: ThreadedGateway, client: httpx.Client
+) -> None:
+    from eth_account import Account
+
+    key = gw.key(plan="pro").key
+    node: Anvil = gw.eth  # type: ignore[attr-defined]
+    nonce = int(str(node.rpc("eth_getTransactionCount", [ACCOUNT0, "pending"])), 16)
+    signed = Account.sign_transaction(
+        {
+            "to": ACCOUNT1,
+            "value": 1,
+            "gas": 21000,
+            "gasPrice": 10**10,
+            "nonce": nonce,
+            "chainId": 1,
+        },
+        "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    )
+    raw = "0x" + signed.raw_transaction.hex().removeprefix("0x")
+    # Writes leave a batch as calls of their own (never replayed blindly); the answers come
+    # back in the client's order.
+    answers = _post(
+        client,
+        gw.endpoint(key),
+        [rpc("eth_chainId", id=1), rpc("eth_sendRawTransaction", [raw], id=2)],
+    ).json()
+    assert answers[0]["result"] == "0x1"
+    assert answers[1]["result"] == "0x" + signed.hash.hex().removeprefix("0x")

@@ -166,3 +166,111 @@ async def test_verifier_purge_and_lifecycle() -> None:
     with pytest.raises(KeyDenied):
         verifier.check("hr_short")
     assert store.calls == 3  # one per real lookup; junk never reached the store
+
+
+async def test_degraded_keys_do_not_wait_for_the_store_on_every_request() -> None:
+    now = [0.0]
+    store = FakeStore()
+    verifier = KeyVerifier(store.lookup, ttl=30, degrade_ttl=600, clock=lambda: now[0])
+    key = generate_key()
+    store.records[hash_key(key)] = _record(key)
+    await verifier.verify(key)
+    now[0] += 31
+    store.down = True
+    calls = store.calls
+    for _ in range(10):
+        await verifier.verify(key)
+    assert store.calls == calls + 1  # one failed lookup, then served stale for a while
+    now[0] += 6
+    await verifier.verify(key)
+    assert store.calls == calls + 2
+
+
+async def test_unknown_keys_cannot_evict_verified_ones() -> None:
+    store = FakeStore()
+    verifier = KeyVerifier(store.lookup, max_entries=10)
+    key = generate_key()
+    store.records[hash_key(key)] = _record(key)
+    await verifier.verify(key)
+    for _ in range(50):
+        with pytest.raises(KeyDenied):
+            await verifier.verify(generate_key())
+    calls = store.calls
+    assert verifier.check(key) is not None and store.calls == calls
+
+
+class _Pool:
+    """A pool whose batches fail (as a timed-out node would) while single calls succeed."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def call(self, body: bytes, *, deadline: float, write_tx: bytes | None = None) -> Any:
+        from hoodrun.upstreams import UpstreamTimeout
+        from hoodrun.upstreams.pool import UpstreamReply
+
+        self.bodies.append(body)
+        if body.startswith(b"["):
+            raise UpstreamTimeout("no answer")
+        reply = orjson.dumps({"jsonrpc": "2.0", "id": orjson.loads(body)["id"], "result": "0xabc"})
+        return UpstreamReply(200, reply, "a", 1, 0.001)
+
+    def best_head(self) -> int:
+        return 1
+
+    def snapshot(self) -> list[Any]:
+        return []
+
+
+async def test_failed_reads_do_not_hide_a_batch_write_answer() -> None:
+    import time as _time
+
+    from hoodrun.config import load_config
+    from hoodrun.gateway.app import Gateway
+    from hoodrun.gateway.http import Request
+    from hoodrun.gateway.metrics import GatewayMetrics, MetricsSink
+
+    config = load_config(
+        None,
+        env={},
+        overrides={
+            "chains": [
+                {
+                    "name": "eth",
+                    "chain_id": 1,
+                    "upstreams": [{"name": "a", "url": "http://127.0.0.1:1/"}],
+                }
+            ]
+        },
+    )
+    key = generate_key()
+    record = _record(key)
+
+    async def lookup(_: str) -> KeyRecord:
+        return record
+
+    metrics = GatewayMetrics()
+    pool = _Pool()
+    gateway = Gateway(
+        config,
+        verifier=KeyVerifier(lookup),
+        pools={"eth": pool},
+        sink=MetricsSink(metrics),
+        metrics=metrics,
+    )  # type: ignore[dict-item]
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+        {"jsonrpc": "2.0", "id": 2, "method": "eth_sendRawTransaction", "params": ["0x01"]},
+    ]
+
+    def request(body: bytes) -> Request:
+        return Request("POST", f"/eth/v1/{key}", "", {}, body, "127.0.0.1", True, _time.monotonic())
+
+    response = await gateway.handle(request(orjson.dumps(batch)))
+    answers = orjson.loads(response.body)
+    assert response.status == 200
+    assert answers[0]["error"]["code"] == -32015 and answers[0]["id"] == 1
+    assert answers[1] == {"jsonrpc": "2.0", "id": 2, "result": "0xabc"}
+    # Without a write in the batch, a failure of the node is the whole answer, with its status.
+    only_reads = await gateway.handle(request(orjson.dumps(batch[:1])))
+    assert only_reads.status == 504

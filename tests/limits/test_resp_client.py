@@ -79,3 +79,40 @@ async def test_database_number_is_selected(redis_prefix: str) -> None:
         await other.delete(f"{redis_prefix}:db")
         await other.aclose()
         await client.aclose()
+
+
+async def test_a_failed_connection_setup_reaches_every_waiter_and_closes() -> None:
+    """A server that refuses AUTH: every caller gets the error, no one hangs, nothing leaks."""
+    opened = 0
+    closed = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened, closed
+        opened += 1
+        await reader.read(1024)
+        writer.write(b"-WRONGPASS invalid username-password pair\r\n")
+        await writer.drain()
+        try:
+            while await reader.read(1024):  # until the client closes its end
+                pass
+        except ConnectionError:
+            pass
+        closed += 1
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(f"redis://:secret@127.0.0.1:{port}/0", connections=1)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.execute("PING") for _ in range(3)), return_exceptions=True), 5
+        )
+        assert all(isinstance(r, ResponseError) for r in results)
+        deadline = asyncio.get_running_loop().time() + 3
+        while closed < opened:  # the client closed every connection it opened
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        assert opened >= 1
+    finally:
+        await client.aclose()
+        server.close()
