@@ -107,9 +107,12 @@ class GatewayRuntime:
                 config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
             )
             stack.push_async_callback(client.aclose)
-            lean = RespClient(config.redis_url)
-            stack.push_async_callback(lean.aclose)
-            limiter = RedisLimiter(lean, config.redis_prefix)
+            if config.redis_url.startswith(("redis://", "unix://")):
+                lean = RespClient(config.redis_url)
+                stack.push_async_callback(lean.aclose)
+                limiter = RedisLimiter(lean, config.redis_prefix)
+            else:  # TLS (rediss://): the lean client speaks plain TCP only
+                limiter = RedisLimiter(client, config.redis_prefix)
 
             async def redis_ping() -> None:
                 await client.ping()
