@@ -418,11 +418,18 @@ class HttpPool:
         """Open a connection in a slot the caller already holds."""
         loop = asyncio.get_running_loop()
         limit = min(deadline, loop.time() + self._connect_timeout)
+        made: list[_Conn] = []
+
+        def protocol() -> _Conn:
+            conn = _Conn(self)
+            made.append(conn)
+            return conn
+
         try:
             async with asyncio.timeout_at(limit):
-                _, conn = await loop.create_connection(lambda: _Conn(self), self._host, self._port)
+                _, conn = await loop.create_connection(protocol, self._host, self._port)
         except TimeoutError:
-            self._free_slot()
+            self._abandon(made)
             if limit >= deadline:
                 raise UpstreamTimeout(
                     "timed out connecting to the upstream", maybe_delivered=False
@@ -431,12 +438,12 @@ class HttpPool:
                 f"connect to {self._host}:{self._port} timed out after {self._connect_timeout} s"
             ) from None
         except OSError as exc:
-            self._free_slot()
+            self._abandon(made)
             raise UpstreamConnectError(
                 f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}"
             ) from None
         except BaseException:
-            self._free_slot()
+            self._abandon(made)
             raise
         if self._closed:
             conn.kill()
@@ -446,6 +453,22 @@ class HttpPool:
             self._conns.add(conn)
         # A connection lost already fails its first request as _Stale and is replaced.
         return conn
+
+    def _abandon(self, made: list[_Conn]) -> None:
+        """A connect failed or was cancelled: give its slot back exactly once.
+
+        Cancelled (by the deadline or the caller) once the socket was connected, asyncio closes
+        the transport it had made, and that connection's ``connection_lost`` then calls
+        ``_drop``, which frees a slot too: only one of the two may.
+        """
+        if made:
+            conn = made[0]
+            if conn.dropped:  # connection_lost came first and freed the slot
+                return
+            conn.dropped = True  # its connection_lost, still to come, frees nothing
+            if conn.transport is not None:
+                conn.transport.abort()
+        self._free_slot()
 
     def _release(self, conn: _Conn) -> None:
         """A connection finished its request cleanly."""

@@ -17,6 +17,7 @@ from hoodrun.upstreams import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from hoodrun.upstreams._http import _Conn
 
 from .support import (
     HANG,
@@ -350,6 +351,39 @@ async def test_cancelled_waiters_pass_their_turn_on(tiny_server: MakeServer) -> 
         assert [isinstance(r, asyncio.CancelledError) for r in done] == [0, 1, 0, 1, 0]
         assert pool.waiting == 0 and pool.in_use == 0 and pool.connects == 1
         assert len(server.requests) == 3
+    finally:
+        await pool.aclose()
+
+
+async def test_connect_cancelled_once_connected_frees_its_slot_once(
+    tiny_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deadline (or the caller) cancelling the connect in the loop iteration where the socket
+    # got connected: asyncio closes the new transport, whose connection_lost frees the slot.
+    server = await tiny_server(lambda req: http_response(b"{}"))
+    pool = HttpPool(server.url, max_connections=1)
+    made = _Conn.connection_made
+    task: asyncio.Task[tuple[int, bytes]] | None = None
+    conns: list[_Conn] = []
+
+    def made_then_cancelled(conn: _Conn, transport: asyncio.BaseTransport) -> None:
+        made(conn, transport)
+        conns.append(conn)
+        assert task is not None
+        task.cancel()
+
+    try:
+        monkeypatch.setattr(_Conn, "connection_made", made_then_cancelled)
+        task = asyncio.create_task(pool.post(b"{}", 5.0))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        assert len(conns) == 1
+        await wait_until(lambda: not conns[0].reusable)  # its connection_lost has run
+        assert (pool._total, len(pool._conns), pool.waiting) == (0, 0, 0)
+        # The slot is usable again, and only once.
+        assert await pool.post(b"{}", 2.0) == (200, b"{}")
+        assert (pool._total, len(pool._conns), pool.idle) == (1, 1, 1)
     finally:
         await pool.aclose()
 
