@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from hoodrun.config import ChainConfig, Config, PlanConfig, RateConfig
+from hoodrun.config import ChainConfig, Config, PlanConfig
+from hoodrun.gateway.chain import ChainState, loads
 from hoodrun.gateway.clientip import IpPolicy
 from hoodrun.gateway.errors import (
     Forbidden,
@@ -39,6 +39,7 @@ from hoodrun.gateway.errors import (
 from hoodrun.gateway.http import Request, Response
 from hoodrun.gateway.jsonrpc import Call, parse_body
 from hoodrun.gateway.metrics import GatewayMetrics
+from hoodrun.gateway.policy import Policy
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
@@ -69,23 +70,6 @@ _CORS_EXPOSE = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Ret
 _WRITE_METHOD = "eth_sendRawTransaction"
 _CHAIN_SHAPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TOO_DEEP = "Invalid Request: the call is nested too deeply"
-
-
-class _Chain:
-    """Per-chain state: its config, its upstream pool and the head served to clients."""
-
-    __slots__ = ("config", "global_bucket", "name", "pool", "served_head")
-
-    def __init__(self, config: ChainConfig, pool: ChainPool) -> None:
-        self.name = config.name
-        self.config = config
-        self.pool = pool
-        self.served_head = 0
-        self.global_bucket = (
-            Bucket(f"c:{config.name}", config.rate.rps, config.rate.capacity)
-            if config.rate is not None
-            else None
-        )
 
 
 class _Trace:
@@ -131,18 +115,13 @@ class Gateway:
         self.metrics = metrics
         self.sink = sink
         self.chains = {
-            name: _Chain(config.chain(name) or _missing(name), p) for name, p in pools.items()
+            name: ChainState(config.chain(name) or _missing(name), p) for name, p in pools.items()
         }
         self.ip_policy = IpPolicy(
             config.gateway.trusted_proxies, config.gateway.ip_allow, config.gateway.ip_deny
         )
         self.readiness = dict(readiness or {})
-        self._plans = {p.name: p for p in config.plans}
-        self._default_plan = self._plans.get(config.default_plan) or PlanConfig(
-            name=config.default_plan, rate=RateConfig(rps=10, burst=20)
-        )
-        self._bucket_cache: dict[tuple[str, str], tuple[KeyRecord, tuple[Bucket, ...]]] = {}
-        self._public_plan = self._plans.get(config.public.plan) if config.public.enabled else None
+        self.policy = Policy(config)
         self._domain_suffix = "." + config.domain.lower() if config.domain else None
         self._max_batch = config.gateway.max_batch
         self._request_timeout = config.gateway.request_timeout
@@ -264,7 +243,12 @@ class Gateway:
                     + ", ".join(sorted(record.chains)),
                     reason="chain_not_allowed",
                 )
-            plan = self._plan_of(record)
+            if record is not None:
+                plan = self.policy.plan_of(record)
+            elif self.policy.public_plan is not None:  # keyless: _authenticate allowed it
+                plan = self.policy.public_plan
+            else:
+                raise Unauthorized(_KEY_MESSAGES["key_missing"], reason="key_missing")
             if origin is not None:
                 headers += (
                     ("access-control-allow-origin", origin),
@@ -272,15 +256,17 @@ class Gateway:
                     ("access-control-expose-headers", _CORS_EXPOSE),
                 )
             is_batch, calls = parse_body(request.body, plan.max_batch or self._max_batch)
-            buckets = self._buckets(record, plan, chain, client_ip)
+            buckets = self.policy.buckets(record, plan, chain, client_ip)
             # The in-process limiter answers synchronously: no coroutine, no task switch.
             decision = (
                 self._sync_limiter.acquire_now(buckets, len(calls))
                 if self._sync_limiter is not None
                 else await self._acquire(buckets, len(calls), chain)
             )
-            if decision is not None:
-                self._admit(decision, chain, headers)
+            if decision is not None and (refusal := self.policy.admit(decision, headers)):
+                scope, error = refusal
+                self.metrics.rate_limited.inc((chain.name, scope))
+                raise error
             if is_batch:
                 body = await self._forward_batch(chain, record, plan, calls, trace)
                 response = Response(200 if body else 204, body, headers)
@@ -304,7 +290,7 @@ class Gateway:
 
     async def _authenticate(self, key: str | None, origin: str | None) -> KeyRecord | None:
         if key is None:
-            if self._public_plan is not None:
+            if self.policy.public_plan is not None:
                 return None
             raise Unauthorized(_KEY_MESSAGES["key_missing"], reason="key_missing")
         try:
@@ -323,61 +309,8 @@ class Gateway:
             )
         return record
 
-    def _plan_of(self, record: KeyRecord | None) -> PlanConfig:
-        if record is None:
-            if self._public_plan is None:  # _authenticate lets keyless calls through only then
-                raise Unauthorized(_KEY_MESSAGES["key_missing"], reason="key_missing")
-            return self._public_plan
-        return self._plans.get(record.plan) or self._default_plan
-
-    def _permits(self, record: KeyRecord | None, plan: PlanConfig, method: str) -> bool:
-        if not plan.methods.permits(method):
-            return False
-        if record is None:
-            return True
-        if method in record.methods_deny:
-            return False
-        return record.methods_allow is None or method in record.methods_allow
-
-    # --- limits ----------------------------------------------------------------------------
-
-    def _buckets(
-        self, record: KeyRecord | None, plan: PlanConfig, chain: _Chain, ip: str
-    ) -> tuple[Bucket, ...]:
-        if record is None:
-            keyless = [Bucket(f"ip:{ip}", plan.rate.rps, plan.rate.capacity)]
-            if chain.global_bucket is not None:
-                keyless.append(chain.global_bucket)
-            return tuple(keyless)
-        cache_key = (record.id, chain.name)
-        cached = self._bucket_cache.get(cache_key)
-        if cached is not None and cached[0] is record:
-            return cached[1]
-        built: list[Bucket]
-        rate = plan.rate
-        if record.rps is not None:
-            rate = RateConfig(rps=record.rps, burst=record.burst or max(1, int(record.rps * 2)))
-        built = [Bucket(f"k:{record.id}", rate.rps, rate.capacity)]
-        if plan.chain_rate is not None:
-            built.append(
-                Bucket(
-                    f"kc:{record.id}:{chain.name}", plan.chain_rate.rps, plan.chain_rate.capacity
-                )
-            )
-        if rate.per_minute is not None:
-            built.append(Bucket.per_window(f"km:{record.id}", rate.per_minute, 60.0))
-        if rate.per_hour is not None:
-            built.append(Bucket.per_window(f"kh:{record.id}", rate.per_hour, 3600.0))
-        if chain.global_bucket is not None:
-            built.append(chain.global_bucket)
-        buckets = tuple(built)
-        if len(self._bucket_cache) > 100_000:
-            self._bucket_cache.clear()
-        self._bucket_cache[cache_key] = (record, buckets)
-        return buckets
-
     async def _acquire(
-        self, buckets: tuple[Bucket, ...], cost: int, chain: _Chain
+        self, buckets: tuple[Bucket, ...], cost: int, chain: ChainState
     ) -> Decision | None:
         """A shared limiter's decision; ``None`` when it cannot decide (limits fail open)."""
         try:
@@ -387,34 +320,9 @@ class Gateway:
             self.metrics.rate_limited.inc((chain.name, "limiter_unavailable"))
             return None
 
-    def _admit(self, decision: Decision, chain: _Chain, headers: list[tuple[str, str]]) -> None:
-        """Add the rate-limit headers; raise ``RateLimited`` for a refusal."""
-        headers += (
-            ("x-ratelimit-limit", str(decision.limit)),
-            ("x-ratelimit-remaining", str(decision.remaining)),
-            ("x-ratelimit-reset", str(math.ceil(decision.reset_after))),
-        )
-        if decision.allowed:
-            return
-        scope = (decision.bucket or "k").split(":", 1)[0]
-        self.metrics.rate_limited.inc((chain.name, scope))
-        retry_after = (
-            max(1, math.ceil(decision.retry_after)) if math.isfinite(decision.retry_after) else 3600
-        )
-        what = {
-            "c": "this chain's global",
-            "ip": "this address's",
-            "kc": "this key's per-chain",
-        }.get(scope, "this key's")
-        raise RateLimited(
-            f"Rate limit exceeded: {what} limit allows {decision.limit} calls in a burst; "
-            f"retry after {retry_after} s",
-            headers=[("retry-after", str(retry_after))],
-        )
-
     # --- forwarding ------------------------------------------------------------------------
 
-    def _upstream_failure(self, chain: _Chain, exc: UpstreamError) -> GatewayError:
+    def _upstream_failure(self, chain: ChainState, exc: UpstreamError) -> GatewayError:
         if isinstance(exc, NoHealthyUpstream):
             return Unavailable(
                 f"Service unavailable: no healthy node for chain {chain.name!r} right now; "
@@ -439,7 +347,7 @@ class Gateway:
         return loop.time() + self._request_timeout
 
     async def _call_upstream(
-        self, chain: _Chain, body: bytes, trace: _Trace, write_tx: bytes | None = None
+        self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
     ) -> tuple[int, bytes]:
         try:
             reply = await chain.pool.call(body, deadline=self._deadline(), write_tx=write_tx)
@@ -452,7 +360,7 @@ class Gateway:
 
     async def _forward_single(
         self,
-        chain: _Chain,
+        chain: ChainState,
         record: KeyRecord | None,
         plan: PlanConfig,
         call: Call,
@@ -462,19 +370,19 @@ class Gateway:
         method = call.method
         if method is None:
             raise InvalidRequest()
-        if not self._permits(record, plan, method):
+        if not self.policy.permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
         status, reply = await self._call_upstream(chain, body, trace, write_tx)
         if method == "eth_blockNumber" and status == 200:
-            reply = self._monotonic_head_body(chain, reply)
+            reply = chain.monotonic_head_body(reply)
         elif status == 200 and b'"error"' in reply:
             trace.rpc_errors = 1
         return Response(status, reply)
 
     async def _forward_batch(
         self,
-        chain: _Chain,
+        chain: ChainState,
         record: KeyRecord | None,
         plan: PlanConfig,
         calls: list[Call],
@@ -489,7 +397,7 @@ class Gateway:
                 answers[index] = error_object(
                     -32600, "Invalid Request", call.id, {"reason": "invalid_request"}
                 )
-            elif not self._permits(record, plan, method):
+            elif not self.policy.permits(record, plan, method):
                 if not call.notification:
                     answers[index] = error_object(
                         -32004,
@@ -515,7 +423,7 @@ class Gateway:
 
     async def _batch_reads(
         self,
-        chain: _Chain,
+        chain: ChainState,
         reads: list[tuple[int, Call]],
         answers: list[Any],
         trace: _Trace,
@@ -553,7 +461,7 @@ class Gateway:
                 if not call.notification:
                     answers[index] = error.to_object(call.id)
             return
-        parsed = _loads(body)
+        parsed = loads(body)
         if isinstance(parsed, list):
             by_id = {item.get("id"): item for item in parsed if isinstance(item, dict)}
             for n, (index, call) in enumerate(reads):
@@ -568,7 +476,7 @@ class Gateway:
                     continue
                 item["id"] = call.id
                 if call.method == "eth_blockNumber" and "result" in item:
-                    item["result"] = self._monotonic_head(chain, item["result"])
+                    item["result"] = chain.monotonic_head(item["result"])
                 answers[index] = item
             return
         # The node answered the whole batch with one object (an error, or a non-JSON body).
@@ -584,7 +492,7 @@ class Gateway:
                 )  # fmt: skip
 
     async def _batch_write(
-        self, chain: _Chain, index: int, call: Call, answers: list[Any], trace: _Trace
+        self, chain: ChainState, index: int, call: Call, answers: list[Any], trace: _Trace
     ) -> None:
         try:
             payload = orjson.dumps(call.obj)
@@ -597,7 +505,7 @@ class Gateway:
             if not call.notification:
                 answers[index] = error.to_object(call.id)
             return
-        parsed = _loads(body)
+        parsed = loads(body)
         if not call.notification:
             answers[index] = (
                 parsed
@@ -609,31 +517,6 @@ class Gateway:
                     {"reason": "upstream_error"},
                 )
             )
-
-    # --- the head never goes backwards -----------------------------------------------------
-
-    def _monotonic_head(self, chain: _Chain, result: Any) -> Any:
-        if not isinstance(result, str) or not result.startswith("0x"):
-            return result
-        try:
-            height = int(result, 16)
-        except ValueError:
-            return result
-        if height >= chain.served_head:
-            chain.served_head = height
-            return result
-        return hex(chain.served_head)
-
-    def _monotonic_head_body(self, chain: _Chain, body: bytes) -> bytes:
-        parsed = _loads(body)
-        if not isinstance(parsed, dict) or "result" not in parsed:
-            return body
-        result = parsed["result"]
-        clamped = self._monotonic_head(chain, result)
-        if clamped is result:
-            return body
-        parsed["result"] = clamped
-        return orjson.dumps(parsed)
 
     # --- CORS, health ----------------------------------------------------------------------
 
@@ -746,19 +629,6 @@ def _raw_tx(call: Call) -> bytes | None:
         except ValueError:
             return None
     return None
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers past 64 bits; the stdlib does not.
-        import json
-
-        try:
-            return json.loads(body)
-        except ValueError:
-            return None
 
 
 def _missing(name: str) -> ChainConfig:

@@ -1,0 +1,69 @@
+"""Per-chain state of the gateway: its upstream pool, its global limit and the head it serves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from hoodrun.config import ChainConfig
+from hoodrun.limits import Bucket
+from hoodrun.upstreams import ChainPool
+
+__all__ = ["ChainState", "loads"]
+
+
+def loads(body: bytes) -> Any:
+    """Parse JSON; orjson refuses integers past 64 bits, the stdlib does not."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+
+
+class ChainState:
+    """A chain's config, its upstream pool, its global bucket and the head served to clients.
+
+    The head served never goes backwards: ``eth_blockNumber`` answers lower than one already
+    given (upstreams disagree, one falls behind) are raised to it.
+    """
+
+    __slots__ = ("config", "global_bucket", "name", "pool", "served_head")
+
+    def __init__(self, config: ChainConfig, pool: ChainPool) -> None:
+        self.name = config.name
+        self.config = config
+        self.pool = pool
+        self.served_head = 0
+        self.global_bucket = (
+            Bucket(f"c:{config.name}", config.rate.rps, config.rate.capacity)
+            if config.rate is not None
+            else None
+        )
+
+    def monotonic_head(self, result: Any) -> Any:
+        if not isinstance(result, str) or not result.startswith("0x"):
+            return result
+        try:
+            height = int(result, 16)
+        except ValueError:
+            return result
+        if height >= self.served_head:
+            self.served_head = height
+            return result
+        return hex(self.served_head)
+
+    def monotonic_head_body(self, body: bytes) -> bytes:
+        parsed = loads(body)
+        if not isinstance(parsed, dict) or "result" not in parsed:
+            return body
+        result = parsed["result"]
+        clamped = self.monotonic_head(result)
+        if clamped is result:
+            return body
+        parsed["result"] = clamped
+        return orjson.dumps(parsed)
