@@ -8,7 +8,6 @@ template migrated once per session; PostgreSQL migrates the session's database o
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from hoodrun.store import Store, upgrade
+from tests.conftest import PG_ADMIN_URL, _pg_exec
 
 __all__ = [
     "BACKENDS",
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 BACKENDS = ["sqlite", "postgresql"]
-PG_ADMIN_URL = os.environ.get("HOODRUN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Children first. DELETE, not TRUNCATE: on a handful of rows it is many times faster.
 _TABLES = ("audit_log", "api_keys", "projects", "orgs", "plans")
 
@@ -100,13 +99,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 async def pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    await _pg_exec(PG_ADMIN_URL, sql)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -118,14 +118,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/hoodrun.db"
         return
-    import uuid
+    from tests.conftest import scratch_pg_database
 
-    from tests.conftest import PG_ADMIN_URL, _pg_exec
-
-    name = f"hoodrun_gw_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_exec(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    asyncio.run(_pg_exec(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_pg_database("hoodrun_gw") as url:
+        yield url
 
 
 @pytest.fixture

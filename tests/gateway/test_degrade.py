@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, _pg_exec
+from tests.conftest import scratch_pg_database
 from tests.gateway.conftest import ThreadedGateway, make_config, rpc
 
 BODY = orjson.dumps(rpc("eth_chainId"))
@@ -69,11 +68,9 @@ class TcpProxy:
 
 @pytest.fixture
 def proxied_pg() -> Iterator[tuple[str, TcpProxy]]:
-    name = f"hoodrun_degrade_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_pg_exec(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
-    proxy = TcpProxy(5432)
-    yield f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}", proxy
-    asyncio.run(_pg_exec(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_pg_database("hoodrun_degrade") as url:
+        proxy = TcpProxy(5432)
+        yield url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), proxy
 
 
 def test_cached_keys_survive_a_store_outage(
