@@ -24,7 +24,7 @@ from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
 from hoodrun.store import Store, upgrade
 
-__all__ = ["DEVNET_CHAINS", "DemoInfo", "run_platform", "start_devnet"]
+__all__ = ["DEVNET_CHAINS", "Running", "run_platform", "start_devnet"]
 
 log = logging.getLogger("hoodrun")
 
@@ -41,12 +41,15 @@ class _Uvicorn(uvicorn.Server):
 
 
 @dataclass
-class DemoInfo:
+class Running:
+    """What ``run_platform`` started: its URLs (empty for a role not run) and the demo key."""
+
     gateway_url: str
     api_url: str
-    key: str
-    key_id: str
     chains: list[str]
+    gateway_port: int = 0
+    key: str | None = None
+    key_id: str | None = None
 
 
 def start_devnet(config: Config, stack: contextlib.ExitStack) -> Config:
@@ -72,8 +75,9 @@ async def run_platform(
     gateway: bool = True,
     api: bool = True,
     demo: bool = False,
-    ready: Callable[[DemoInfo | None], None] | None = None,
+    ready: Callable[[Running], None] | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run the chosen roles until SIGINT/SIGTERM (or ``stop`` is set)."""
     stop = stop or asyncio.Event()
@@ -90,12 +94,14 @@ async def run_platform(
         events = await open_key_events(config, stack)
         keys = KeyService(store, config, events)
         gateway_url = api_url = ""
+        gateway_port = 0
         if gateway:
             runtime = await stack.enter_async_context(
-                GatewayRuntime(config, store=store, events=events)
+                GatewayRuntime(config, store=store, events=events, reuse_port=reuse_port)
             )
             host, _ = parse_listen(config.listen)
-            gateway_url = f"http://{host}:{runtime.port}"
+            gateway_port = runtime.port
+            gateway_url = f"http://{host}:{gateway_port}"
         if api:
             host, port = parse_listen(config.api_listen)
             app = create_api_app(config, keys, token=config.resolved_admin_token())
@@ -116,15 +122,13 @@ async def run_platform(
             if task.done():
                 task.result()  # raises the bind error
             api_url = f"http://{host}:{port}"
-        info = None
+        info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
         if demo:
             plan = "pro" if config.plan("pro") else config.default_plan
             created = await keys.create(
                 org="demo", project="demo", plan=plan, name="demo", actor="up"
             )
-            info = DemoInfo(
-                gateway_url, api_url, created.key, created.id, [c.name for c in config.chains]
-            )
+            info.key, info.key_id = created.key, created.id
         if ready is not None:
             ready(info)
         await stop.wait()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Annotated
@@ -30,9 +29,9 @@ def _run(coro_factory: object) -> None:
 
 def _print_demo(info: object) -> None:
     from hoodrun.cli import stdout
-    from hoodrun.platform import DemoInfo
+    from hoodrun.platform import Running
 
-    if not isinstance(info, DemoInfo):
+    if not isinstance(info, Running) or info.key is None:
         return
     chain = info.chains[0] if info.chains else "eth"
     endpoint = f"{info.gateway_url}/{chain}/v1/{info.key}"
@@ -97,8 +96,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the gateway role only (the hot path: /{chain}/v1/{KEY}, /health/*, /metrics)."""
         from hoodrun.cli import config_of, fail
-        from hoodrun.gateway.runtime import GatewayRuntime
-        from hoodrun.store import upgrade
+        from hoodrun.platform import Running, run_platform
 
         config = config_of(ctx)
         _setup_logging(config.log_level)
@@ -110,23 +108,14 @@ def register(app: typer.Typer) -> None:
                 "revocations only through Redis: set redis_url"
             )
 
-        async def main() -> None:
-            import signal
-
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await upgrade(config.database_url)
-            async with GatewayRuntime(config, reuse_port=reuse_port) as runtime:
-                logging.getLogger("hoodrun").info(
-                    "gateway listening on %s (port %d)", config.listen, runtime.port
-                )
-                print(f"gateway listening on port {runtime.port}", flush=True)
-                await stop.wait()
+        def listening(running: Running) -> None:
+            logging.getLogger("hoodrun").info(
+                "gateway listening on %s (port %d)", config.listen, running.gateway_port
+            )
+            print(f"gateway listening on port {running.gateway_port}", flush=True)
 
         try:
-            _run(main())
+            _run(run_platform(config, api=False, ready=listening, reuse_port=reuse_port))
         except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
             fail(str(exc))
 
