@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from hoodrun.config import Config, parse_listen
@@ -20,7 +20,7 @@ from hoodrun.gateway.http import HttpServer
 from hoodrun.gateway.metrics import GatewayMetrics, MetricsSink
 from hoodrun.keys.events import KeyEvents, LocalKeyEvents
 from hoodrun.keys.redis_events import RedisKeyEvents
-from hoodrun.keys.service import KeyService
+from hoodrun.keys.service import CHANGES_OVERLAP, KeyService
 from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.limits import Limiter, MemoryLimiter, RedisLimiter
 from hoodrun.limits._resp import RespClient
@@ -167,7 +167,7 @@ class GatewayRuntime:
 
     async def _poll_key_changes(self, keys: KeyService, verifier: KeyVerifier) -> None:
         """Safety net beside the events bus: purge keys changed by any process (CLI included)."""
-        watermark = datetime.now(UTC) - timedelta(seconds=5)
+        watermark = datetime.now(UTC) - CHANGES_OVERLAP
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
@@ -177,8 +177,8 @@ class GatewayRuntime:
                 continue
             for key_hash in hashes:
                 verifier.purge(key_hash)
-            # Overlap a little: writers' clocks and commit order are not exact.
-            watermark = max(watermark, newest - timedelta(seconds=2))
+            # changed_since already trails "now" by its overlap; never move backwards.
+            watermark = max(watermark, newest)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
