@@ -179,6 +179,42 @@ class GatewayConfig(_Model):
         return value
 
 
+class RetentionConfig(_Model):
+    """How long the analytics tables keep rows (ClickHouse TTLs)."""
+
+    raw_days: int = Field(default=14, ge=1, description="requests_raw, in days.")
+    hourly_days: int = Field(default=90, ge=1, description="usage_hourly, in days.")
+    daily_months: int = Field(default=18, ge=1, description="usage_daily, in months.")
+
+
+class TelemetryConfig(_Model):
+    """The request-record pipeline: queue, batches, spool, rollups."""
+
+    enabled: bool = True
+    queue_size: int = Field(default=200_000, ge=1, description="Records held before dropping.")
+    batch_size: int = Field(default=10_000, ge=1, description="Rows per write, at most.")
+    flush_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between writes; the most a kill -9 loses."
+    )
+    spool_dir: Path | None = Field(
+        default=None, description="Where batches wait while the store is down (data_dir/spool)."
+    )
+    client_ip: Literal["truncate", "hash", "full"] = "truncate"
+    rollup_interval: float = Field(default=30.0, gt=0, description="Seconds between rollups.")
+    retention: RetentionConfig = RetentionConfig()
+    stream: str = Field(
+        default="HOODRUN_RECORDS", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="NATS stream."
+    )
+
+
+class ComputeUnitsConfig(_Model):
+    """Changes to the default compute-unit table (hoodrun/telemetry/units.py)."""
+
+    default: int = Field(default=20, ge=0, description="Units of a method in no table.")
+    methods: dict[str, int] = {}
+    chains: dict[str, dict[str, int]] = {}
+
+
 # The seed's rate tiers, used when a config declares no plans of its own.
 DEFAULT_PLANS = (
     PlanConfig(
@@ -203,6 +239,8 @@ class Config(_Model):
     redis_url: str | None = None
     redis_prefix: str = "hoodrun"
     nats_url: str | None = None
+    analytics_url: str | None = None
+    analytics_database: str = Field(default="hoodrun", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     admin_token: str | None = Field(default=None, repr=False)
     admin_token_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -210,6 +248,8 @@ class Config(_Model):
     gateway: GatewayConfig = GatewayConfig()
     health: HealthConfig = HealthConfig()
     public: PublicAccess = PublicAccess()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    compute_units: ComputeUnitsConfig = ComputeUnitsConfig()
     chains: tuple[ChainConfig, ...] = ()
     plans: tuple[PlanConfig, ...] = Field(
         default=DEFAULT_PLANS, description="Plans sold; without any, free/pro/enterprise."
@@ -233,6 +273,20 @@ class Config(_Model):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("use redis://host:6379/0")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("nats://", "tls://")):
+            raise ValueError("use nats://host:4222")
+        return value
+
+    @field_validator("analytics_url")
+    @classmethod
+    def _analytics_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("clickhouse://", "http://", "https://")):
+            raise ValueError("use http://user:password@host:8123 (a ClickHouse server)")
         return value
 
     @model_validator(mode="after")

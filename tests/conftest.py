@@ -97,3 +97,26 @@ async def redis_client(redis_prefix: str) -> AsyncIterator[object]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+# --- analytics (chDB) ----------------------------------------------------------------------------
+# chDB allows one data directory per process: every test of a pytest process shares one, and each
+# test gets its own database in it.
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb") / "analytics"
+
+
+@pytest.fixture
+async def analytics_store(chdb_path: Path) -> AsyncIterator[object]:
+    """A ``ChdbStore`` on a database of its own, with the tables created; dropped afterwards."""
+    from hoodrun.config import RetentionConfig
+    from hoodrun.telemetry.store import ChdbStore
+
+    store = ChdbStore(chdb_path, f"t_{uuid.uuid4().hex[:12]}")
+    await store.setup(RetentionConfig())
+    yield store
+    await store.drop()
+    await store.aclose()

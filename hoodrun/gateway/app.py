@@ -10,8 +10,10 @@ fitting HTTP status (see ``errors.py``); node answers to well-formed calls pass 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -66,7 +68,9 @@ _KEY_MESSAGES = {
     "key_disabled": "Unauthorized: this API key is disabled; ask the operator to enable it",
     "key_expired": "Unauthorized: this API key has expired; create or rotate a key",
 }
-_CORS_EXPOSE = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
+_CORS_EXPOSE = (
+    "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, X-Request-Id"
+)
 _WRITE_METHOD = "eth_sendRawTransaction"
 _CHAIN_SHAPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TOO_DEEP = "Invalid Request: the call is nested too deeply"
@@ -77,8 +81,10 @@ class _Trace:
 
     __slots__ = (
         "attempts",
+        "call_results",
         "chain",
         "client_ip",
+        "error_code",
         "record",
         "rpc_errors",
         "upstream",
@@ -93,6 +99,8 @@ class _Trace:
         self.upstream_latency: float | None = None
         self.attempts = 0
         self.rpc_errors = 0
+        self.error_code = 0
+        self.call_results: tuple[tuple[int, str | None], ...] | None = None
 
 
 class Gateway:
@@ -126,6 +134,7 @@ class Gateway:
         self._max_batch = config.gateway.max_batch
         self._request_timeout = config.gateway.request_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_id = _request_ids()
         self._metrics_watch()
 
     def _metrics_watch(self) -> None:
@@ -213,7 +222,8 @@ class Gateway:
 
     async def _rpc(self, request: Request) -> Response:
         trace = _Trace(request.peer)
-        headers: list[tuple[str, str]] = []
+        request_id = self._new_id()
+        headers: list[tuple[str, str]] = [("x-request-id", request_id)]
         origin = request.headers.get("origin")
         calls: list[Call] = []
         reason: str | None = None
@@ -274,18 +284,19 @@ class Gateway:
                 response = await self._forward_single(
                     chain, record, plan, calls[0], request.body, trace
                 )
-                if headers:
-                    response.headers = headers
+                response.headers = headers
         except GatewayError as error:
             reason = error.reason
-            request_id = calls[0].id if len(calls) == 1 else None
-            response = Response(error.status, error.body(request_id), headers + error.headers)
+            trace.error_code = error.code
+            call_id = calls[0].id if len(calls) == 1 else None
+            response = Response(error.status, error.body(call_id), headers + error.headers)
         except Exception:  # a bug: answer it properly and keep the record
             log.exception("unexpected error in the request pipeline")
             reason = "internal_error"
+            trace.error_code = -32603
             failure = error_object(-32603, "Internal error", None, {"reason": reason})
             response = Response(500, orjson.dumps(failure), headers)
-        self._emit(request, trace, calls, response, reason)
+        self._emit(request, request_id, trace, calls, response, reason)
         return response
 
     async def _authenticate(self, key: str | None, origin: str | None) -> KeyRecord | None:
@@ -378,6 +389,7 @@ class Gateway:
             reply = chain.monotonic_head_body(reply)
         elif status == 200 and b'"error"' in reply:
             trace.rpc_errors = 1
+            trace.error_code = _error_code(loads(reply))
         return Response(status, reply)
 
     async def _forward_batch(
@@ -418,7 +430,9 @@ class Gateway:
         if jobs:
             await asyncio.gather(*jobs)
         out = [a for a in answers if a is not None]
-        trace.rpc_errors = sum(1 for a in out if isinstance(a, dict) and "error" in a)
+        results = tuple(_call_result(a) for a in answers)
+        trace.call_results = results
+        trace.rpc_errors = sum(1 for code, _ in results if code)
         return orjson.dumps(out) if out else b""
 
     async def _batch_reads(
@@ -580,6 +594,7 @@ class Gateway:
     def _emit(
         self,
         request: Request,
+        request_id: str,
         trace: _Trace,
         calls: list[Call],
         response: Response,
@@ -594,10 +609,11 @@ class Gateway:
             methods = tuple(c.method or "" for c in calls)
         else:
             method, methods = "-", ("-",) if reason else ()
+        latency = time.monotonic() - request.started
         try:
             self.sink.emit(
                 RequestRecord(
-                    ts=time.time(),
+                    ts=time.time() - latency,
                     chain=trace.chain if trace.chain in self.chains else "-",
                     method=method,
                     methods=methods,
@@ -608,17 +624,48 @@ class Gateway:
                     org_id=record.org_id if record else None,
                     project_id=record.project_id if record else None,
                     client_ip=trace.client_ip,
-                    latency=time.monotonic() - request.started,
+                    latency=latency,
                     upstream=trace.upstream,
                     upstream_latency=trace.upstream_latency,
                     attempts=trace.attempts,
                     bytes_in=len(request.body),
                     bytes_out=len(response.body),
                     rpc_errors=trace.rpc_errors,
+                    request_id=request_id,
+                    error_code=trace.error_code,
+                    call_results=trace.call_results,
                 )
             )
         except Exception:  # telemetry must never break a request
             log.exception("telemetry sink failed")
+
+
+def _request_ids() -> Callable[[], str]:
+    """Request ids: a random per-process prefix and a counter. Unique across processes and
+    restarts (the telemetry store de-duplicates rows by them), cheap on the hot path."""
+    prefix = secrets.token_hex(8)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):010x}"
+
+
+def _error_code(answer: Any) -> int:
+    if isinstance(answer, dict):
+        error = answer.get("error")
+        if isinstance(error, dict) and isinstance(code := error.get("code"), int):
+            return code
+        if error is not None:
+            return -32603
+    return 0
+
+
+def _call_result(answer: Any) -> tuple[int, str | None]:
+    """(code, the gateway's reason) of one batch answer; (0, None) for a result or none."""
+    code = _error_code(answer)
+    if not code:
+        return 0, None
+    data = answer["error"].get("data")
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return code, reason if isinstance(reason, str) else None
 
 
 def _raw_tx(call: Call) -> bytes | None:

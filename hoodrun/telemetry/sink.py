@@ -2,7 +2,8 @@
 
 The gateway builds one ``RequestRecord`` per HTTP request and calls ``sink.emit(record)``; emit
 must never block or raise (queue and drop with a counter when overloaded). The record carries the
-key's id, never the key.
+key's id, never the key. A batch stays one record on the hot path; the telemetry writer expands it
+into one row per call (``hoodrun.telemetry.rows``), off the request's time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class RequestRecord:
     bytes_in: int
     bytes_out: int
     rpc_errors: int = 0  # calls answered with a JSON-RPC error
+    request_id: str = ""  # unique per HTTP request (also the X-Request-Id header and batch id)
+    error_code: int = 0  # JSON-RPC code of a refusal or of a single call's error answer
+    # For a batch, one (code, reason) per call: code 0 = answered with a result (or a
+    # notification); reason = the gateway's data.reason when it answered the call itself.
+    call_results: tuple[tuple[int, str | None], ...] | None = None
+    cache_hit: bool = False
 
 
 class TelemetrySink(Protocol):
