@@ -240,6 +240,7 @@ class Config(_Model):
     redis_prefix: str = "hoodrun"
     nats_url: str | None = None
     analytics_url: str | None = None
+    analytics_path: Path | None = None
     analytics_database: str = Field(default="hoodrun", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     admin_token: str | None = Field(default=None, repr=False)
     admin_token_file: Path | None = None

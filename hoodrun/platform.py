@@ -23,8 +23,9 @@ from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
 from hoodrun.store import Store, upgrade
+from hoodrun.telemetry.service import Telemetry, open_telemetry
 
-__all__ = ["DEVNET_CHAINS", "Running", "run_platform", "start_devnet"]
+__all__ = ["DEVNET_CHAINS", "Running", "run_platform", "run_worker", "start_devnet"]
 
 log = logging.getLogger("hoodrun")
 
@@ -95,9 +96,19 @@ async def run_platform(
         keys = KeyService(store, config, events)
         gateway_url = api_url = ""
         gateway_port = 0
+        telemetry: Telemetry | None = None
         if gateway:
+            # With both roles here this process also owns the analytics store's writes (and,
+            # with NATS, consumes the stream): the api's reports read the same store.
+            telemetry = await open_telemetry(config, stack, produce=True, consume=api)
             runtime = await stack.enter_async_context(
-                GatewayRuntime(config, store=store, events=events, reuse_port=reuse_port)
+                GatewayRuntime(
+                    config,
+                    store=store,
+                    events=events,
+                    reuse_port=reuse_port,
+                    telemetry=telemetry,
+                )
             )
             host, _ = parse_listen(config.listen)
             gateway_port = runtime.port
@@ -133,3 +144,30 @@ async def run_platform(
             ready(info)
         await stop.wait()
         log.info("stopping: finishing requests in flight")
+
+
+async def run_worker(
+    config: Config,
+    *,
+    burst: bool = False,
+    ready: Callable[[Telemetry], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The worker role: consume the record stream (with ``nats_url``) into the analytics store
+    and keep its rollups. ``burst``: drain what is waiting, roll up, and return."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        telemetry = await open_telemetry(config, stack, produce=False, consume=True)
+        if ready is not None:
+            ready(telemetry)
+        if burst:
+            if telemetry.rollups is not None:
+                await telemetry.rollups.catch_up()
+            await telemetry.flush()
+            return
+        await stop.wait()
+        log.info("worker stopping: finishing the batch in hand")

@@ -127,8 +127,11 @@ def test_two_gateway_processes_share_limits_and_revocations(
     node: Anvil = anvil_factory(chain_id=1)
     config = tmp_path / "hoodrun.yaml"
     config.write_text(
+        f"data_dir: {tmp_path}/data\n"
         f"database_url: sqlite:///{tmp_path}/hoodrun.db\n"
         f"redis_url: {REDIS_URL}\nredis_prefix: {redis_prefix}\n"
+        # Two processes cannot share the embedded analytics store; this test is about limits.
+        "telemetry: {enabled: false}\n"
         f"chains:\n  - name: eth\n    chain_id: 1\n    upstreams: [{{name: a, url: '{node.url}'}}]\n"
         "plans:\n  - {name: small, rate: {rps: 1, burst: 40}}\n"
         "default_plan: small\n"

@@ -107,6 +107,17 @@ def register(app: typer.Typer) -> None:
                 "--reuse-port runs several gateway processes, which share rate limits and key "
                 "revocations only through Redis: set redis_url"
             )
+        if (
+            reuse_port
+            and config.telemetry.enabled
+            and config.nats_url is None
+            and config.analytics_url is None
+        ):
+            fail(
+                "--reuse-port runs several gateway processes, but the embedded analytics store "
+                "(chDB) allows one process: set nats_url (and run `hoodrun worker`) or "
+                "analytics_url"
+            )
 
         def listening(running: Running) -> None:
             logging.getLogger("hoodrun").info(
@@ -117,6 +128,33 @@ def register(app: typer.Typer) -> None:
         try:
             _run(run_platform(config, api=False, ready=listening, reuse_port=reuse_port))
         except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
+            fail(str(exc))
+
+    @app.command()
+    def worker(
+        ctx: typer.Context,
+        burst: Annotated[
+            bool,
+            typer.Option("--burst", help="Drain what is waiting, roll it up, and exit."),
+        ] = False,
+    ) -> None:
+        """Run the worker role: request records from NATS into the analytics store, rollups."""
+        from hoodrun.cli import config_of, fail
+        from hoodrun.platform import run_worker
+        from hoodrun.telemetry.store import StoreError
+
+        config = config_of(ctx)
+        _setup_logging(config.log_level)
+        if not config.telemetry.enabled:
+            fail("telemetry is disabled in the config (telemetry.enabled: false): nothing to do")
+
+        def started(_: object) -> None:
+            if not burst:
+                print("worker running", flush=True)
+
+        try:
+            _run(run_worker(config, burst=burst, ready=started))
+        except (ConfigError, OSError, StoreError) as exc:
             fail(str(exc))
 
     @app.command()

@@ -25,6 +25,7 @@ from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.limits import Limiter, MemoryLimiter, RedisLimiter
 from hoodrun.limits._resp import RespClient
 from hoodrun.store import Store
+from hoodrun.telemetry.service import Telemetry, open_telemetry
 from hoodrun.telemetry.sink import FanoutSink, TelemetrySink
 from hoodrun.upstreams import ChainPool
 
@@ -53,6 +54,7 @@ class GatewayRuntime:
         store: Store | None = None,
         events: KeyEvents | None = None,
         sinks: tuple[TelemetrySink, ...] = (),
+        telemetry: Telemetry | None = None,
         port: int | None = None,
         reuse_port: bool = False,
         key_poll_interval: float = 1.0,
@@ -61,6 +63,7 @@ class GatewayRuntime:
         self._store = store
         self._events = events
         self._extra_sinks = sinks
+        self.telemetry = telemetry
         self._port = port
         self._reuse_port = reuse_port
         self._poll_interval = key_poll_interval
@@ -129,7 +132,13 @@ class GatewayRuntime:
             stack.push_async_callback(pool.aclose)
             pools[chain.name] = pool
 
-        sink = FanoutSink((MetricsSink(self.metrics), *self._extra_sinks))
+        if self.telemetry is None:  # a gateway on its own: its own pipeline
+            self.telemetry = await open_telemetry(config, stack, produce=True)
+        self.metrics.registry.register(self.telemetry.stats)
+        sinks: list[TelemetrySink] = [MetricsSink(self.metrics), *self._extra_sinks]
+        if self.telemetry.writer is not None:
+            sinks.append(self.telemetry.writer)
+        sink = FanoutSink(sinks)
         stack.push_async_callback(sink.aclose)
         self.gateway = gateway = Gateway(
             config,

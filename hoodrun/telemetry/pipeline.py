@@ -126,6 +126,7 @@ class TelemetryWriter:
         self._retry_at = 0.0
         self._retry_delay = flush_interval
         self._stopping = False
+        self._closed = False
 
     # --- the hot path ------------------------------------------------------------------------
 
@@ -207,7 +208,10 @@ class TelemetryWriter:
         self._retry_delay = min(self._retry_delay * 2, _MAX_RETRY_DELAY)
 
     async def aclose(self) -> None:
-        """Stop the writer and write (or spool) everything still queued."""
+        """Stop the writer and write (or spool) everything still queued. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         # No cancel: a flush cut in the middle would lose the batch it holds.
         self._stopping = True
         self._wake.set()
@@ -217,3 +221,4 @@ class TelemetryWriter:
         self._retry_at = 0.0  # one last try at the spool
         await self.flush()
         await self.target.aclose()
+        self.spool.release()

@@ -4,12 +4,18 @@ Append-only: each batch is one file named by a sequence number, written to a tem
 fsynced and renamed, so a crash leaves either a whole batch or none. Replay takes the oldest
 first and deletes a file only after its batch was written (the store de-duplicates a batch written
 twice, so a crash between the write and the delete doubles nothing).
+
+Several processes on one machine (gateway workers) share a spool directory: each claims a
+numbered subdirectory under a lock (``Spool.claim``), and a process started after a crash claims
+the dead one's subdirectory, with the batches it left, and replays them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 
@@ -19,13 +25,36 @@ _SUFFIX = ".arrow"
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, lock: IO[bytes] | None = None) -> None:
         self.directory = directory
+        self._lock = lock  # held open for the process's life: the claim on the directory
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.tmp"):  # a write cut off by a crash
             stale.unlink(missing_ok=True)
         self._files = sorted(directory.glob("*" + _SUFFIX))
         self._next = int(self._files[-1].stem) + 1 if self._files else 1
+
+    @classmethod
+    def claim(cls, base: Path) -> Spool:
+        """The first numbered subdirectory of ``base`` no other live process holds."""
+        base.mkdir(parents=True, exist_ok=True)
+        number = 0
+        while True:
+            directory = base / str(number)
+            directory.mkdir(exist_ok=True)
+            lock = open(directory / "lock", "ab")  # held until the process ends
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                number += 1
+                continue
+            return cls(directory, lock)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __len__(self) -> int:
         return len(self._files)

@@ -223,7 +223,8 @@ class ClickHouseStore:
 def open_analytics(config: Config) -> AnalyticsStore:
     if config.analytics_url:
         return ClickHouseStore(config.analytics_url, config.analytics_database)
-    return ChdbStore(config.data_dir / "analytics", config.analytics_database)
+    path = config.analytics_path or config.data_dir / "analytics"
+    return ChdbStore(path, config.analytics_database)
 
 
 def _first_line(exc: BaseException) -> str:

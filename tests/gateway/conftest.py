@@ -108,6 +108,8 @@ def make_config(
         ],
         health={**data["health"], "interval": 0.3, "breaker_cooldown": 1.0, **(health or {})},
         gateway={**data["gateway"], **(gateway or {})},
+        # Telemetry tests turn it on (with the process's one chDB directory); others skip it.
+        telemetry={**data["telemetry"], "enabled": False},
         **overrides,
     )
     return Config.model_validate(data)
