@@ -1,6 +1,7 @@
 """Gateway throughput and latency against same-run references: anvil direct and nginx.
 
     .venv/bin/python bench/gateway.py [--duration 8] [--redis] [--method eth_chainId]
+        [--no-telemetry]
 
 Starts one anvil, a plain nginx reverse proxy to it (Debian ``nginx``), and ``hoodrun gateway`` on
 its full path (valid key, limits, routing, metrics), then loads each with ``wrk`` (Debian ``wrk``)
@@ -117,9 +118,11 @@ http {{
 
 
 def start_gateway(
-    tmp: Path, anvil: Anvil, redis: bool, workers: int
+    tmp: Path, anvil: Anvil, redis: bool, workers: int, telemetry: bool = True
 ) -> tuple[list[subprocess.Popen[bytes]], int, str]:
     port = free_port()
+    tmp = tmp / f"gateway-{port}"
+    tmp.mkdir()
     cfg = tmp / "hoodrun.yaml"
     redis_line = (
         "redis_url: redis://127.0.0.1:6379/0\nredis_prefix: hoodrun-bench-" + str(os.getpid())
@@ -128,8 +131,10 @@ def start_gateway(
     )
     cfg.write_text(f"""
 listen: 127.0.0.1:{port}
+data_dir: {tmp}/data
 database_url: sqlite:///{tmp}/bench.db
 log_level: warning
+telemetry: {{enabled: {"true" if telemetry else "false"}}}
 {redis_line}
 chains:
   - name: eth
@@ -159,7 +164,15 @@ def main() -> None:
     parser.add_argument("--redis", action="store_true", help="gateway limits through Redis")
     parser.add_argument("--workers", type=int, default=1, help="gateway processes (SO_REUSEPORT)")
     parser.add_argument("--method", default="eth_chainId")
+    parser.add_argument(
+        "--no-telemetry", action="store_true", help="gateway without the request-record pipeline"
+    )
     args = parser.parse_args()
+    if args.workers > 1 and not args.no_telemetry:
+        raise SystemExit(
+            "several gateway processes cannot share the embedded analytics store: add "
+            "--no-telemetry (bench/telemetry.py measures the pipeline)"
+        )
     if args.workers > 1 and not args.redis:
         raise SystemExit(
             "several gateway processes share limits only through Redis: add --redis "
@@ -179,7 +192,9 @@ def main() -> None:
         )
         anvil = Anvil(ensure_anvil(ROOT), chain_id=1).start()
         nginx, nginx_port = start_nginx(tmp, anvil.port)
-        gateways, gw_port, key = start_gateway(tmp, anvil, args.redis, args.workers)
+        gateways, gw_port, key = start_gateway(
+            tmp, anvil, args.redis, args.workers, telemetry=not args.no_telemetry
+        )
         try:
             direct_url = anvil.url
             nginx_url = f"http://127.0.0.1:{nginx_port}/"
@@ -212,6 +227,7 @@ def main() -> None:
 
     limits = "redis" if args.redis else "in-process"
     label = f"method {args.method}, gateway {limits} limits, {args.workers} process(es)"
+    label += ", telemetry " + ("off" if args.no_telemetry else "on (chDB)")
     print(f"# {label}")
     for result in results:
         print(result.line())

@@ -207,6 +207,15 @@ class TelemetryConfig(_Model):
     )
 
 
+class TracingConfig(_Model):
+    """OpenTelemetry spans for request -> upstream call, exported over OTLP/HTTP."""
+
+    enabled: bool = False
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    service_name: str = "hoodrun"
+
+
 class ComputeUnitsConfig(_Model):
     """Changes to the default compute-unit table (hoodrun/telemetry/units.py)."""
 
@@ -245,11 +254,13 @@ class Config(_Model):
     admin_token: str | None = Field(default=None, repr=False)
     admin_token_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
     default_plan: str = "free"
     gateway: GatewayConfig = GatewayConfig()
     health: HealthConfig = HealthConfig()
     public: PublicAccess = PublicAccess()
     telemetry: TelemetryConfig = TelemetryConfig()
+    tracing: TracingConfig = TracingConfig()
     compute_units: ComputeUnitsConfig = ComputeUnitsConfig()
     chains: tuple[ChainConfig, ...] = ()
     plans: tuple[PlanConfig, ...] = Field(

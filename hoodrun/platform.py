@@ -23,7 +23,9 @@ from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
 from hoodrun.store import Store, upgrade
+from hoodrun.telemetry.reporting import Reports
 from hoodrun.telemetry.service import Telemetry, open_telemetry
+from hoodrun.telemetry.store import open_analytics
 
 __all__ = ["DEVNET_CHAINS", "Running", "run_platform", "run_worker", "start_devnet"]
 
@@ -115,7 +117,10 @@ async def run_platform(
             gateway_url = f"http://{host}:{gateway_port}"
         if api:
             host, port = parse_listen(config.api_listen)
-            app = create_api_app(config, keys, token=config.resolved_admin_token())
+            reports = await _open_reports(config, telemetry, stack)
+            app = create_api_app(
+                config, keys, token=config.resolved_admin_token(), reports=lambda: reports
+            )
             server = _Uvicorn(
                 uvicorn.Config(
                     app, host=host, port=port, log_level=config.log_level, lifespan="off"
@@ -144,6 +149,22 @@ async def run_platform(
             ready(info)
         await stop.wait()
         log.info("stopping: finishing requests in flight")
+
+
+async def _open_reports(
+    config: Config, telemetry: Telemetry | None, stack: AsyncExitStack
+) -> Reports | None:
+    """The usage reports of the api role: on this process's analytics store when it has one,
+    else on a store of their own (a ClickHouse server; an embedded chDB directory only if no
+    other process holds it: queries then answer 503 with the reason)."""
+    if not config.telemetry.enabled:
+        return None
+    store = telemetry.store if telemetry is not None else None
+    if store is None:
+        store = open_analytics(config)
+        stack.push_async_callback(store.aclose)
+    retention = config.telemetry.retention
+    return Reports(store, raw_days=retention.raw_days, hourly_days=retention.hourly_days)
 
 
 async def run_worker(

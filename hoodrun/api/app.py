@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,9 @@ from hoodrun.keys.durations import parse_duration
 from hoodrun.keys.errors import KeysError
 from hoodrun.keys.service import KeyService
 from hoodrun.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from hoodrun.telemetry.reporting import Reports
 
 __all__ = ["ACTOR", "create_api_app"]
 
@@ -71,8 +74,17 @@ def _bearer(token: str | None) -> Callable[..., Awaitable[None]]:
     return check
 
 
-def create_api_app(config: Config, keys: KeyService, *, token: str | None) -> FastAPI:
+def create_api_app(
+    config: Config,
+    keys: KeyService,
+    *,
+    token: str | None,
+    reports: Callable[[], Reports | None] | None = None,
+) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
+
+    ``reports`` gives the usage reports (``/api/v1/usage``) their analytics store, or ``None``
+    while it is unavailable (503).
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -174,4 +186,8 @@ def create_api_app(config: Config, keys: KeyService, *, token: str | None) -> Fa
         return AuditOut(entries=[AuditEntryOut.model_validate(e) for e in entries])
 
     app.include_router(admin)
+    if reports is not None:
+        from hoodrun.api.usage import usage_router
+
+        app.include_router(usage_router(reports, token))
     return app

@@ -98,3 +98,7 @@ app.add_typer(_db.app, name="db")
 from hoodrun.cli import run as _run  # noqa: E402
 
 _run.register(app)
+
+from hoodrun.cli import usage as _usage  # noqa: E402
+
+app.command("usage")(_usage.usage_command)

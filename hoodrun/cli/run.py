@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -15,10 +15,10 @@ from hoodrun.upstreams import ChainIdMismatch
 __all__ = ["register"]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _setup_logging(level: str, fmt: Literal["json", "text"] = "json") -> None:
+    from hoodrun.logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _run(coro_factory: object) -> None:
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from hoodrun.platform import run_platform, start_devnet
 
         config = config_of(ctx)
-        _setup_logging(config.log_level)
+        _setup_logging(config.log_level, config.log_format)
         with contextlib.ExitStack() as stack:
             if devnet:
                 try:
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from hoodrun.platform import Running, run_platform
 
         config = config_of(ctx)
-        _setup_logging(config.log_level)
+        _setup_logging(config.log_level, config.log_format)
         if not config.chains:
             fail("no chains configured: add at least one chain with upstreams to the config")
         if reuse_port and config.redis_url is None:
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         from hoodrun.telemetry.store import StoreError
 
         config = config_of(ctx)
-        _setup_logging(config.log_level)
+        _setup_logging(config.log_level, config.log_format)
         if not config.telemetry.enabled:
             fail("telemetry is disabled in the config (telemetry.enabled: false): nothing to do")
 
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         from hoodrun.platform import run_platform
 
         config = config_of(ctx)
-        _setup_logging(config.log_level)
+        _setup_logging(config.log_level, config.log_format)
         try:
             _run(run_platform(config, gateway=False))
         except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:

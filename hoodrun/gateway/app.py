@@ -45,6 +45,7 @@ from hoodrun.gateway.policy import Policy
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
+from hoodrun.logs import REQUEST_ID
 from hoodrun.telemetry.sink import RequestRecord, TelemetrySink
 from hoodrun.upstreams import (
     ChainPool,
@@ -114,6 +115,7 @@ class Gateway:
         metrics: GatewayMetrics,
         limiter: Limiter | None = None,
         readiness: Mapping[str, ReadinessCheck] | None = None,
+        tracer: Any = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
@@ -135,6 +137,7 @@ class Gateway:
         self._request_timeout = config.gateway.request_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_id = _request_ids()
+        self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
         self._metrics_watch()
 
     def _metrics_watch(self) -> None:
@@ -148,8 +151,15 @@ class Gateway:
     def handle(self, request: Request) -> Awaitable[Response]:
         # A plain function returning the coroutine: JSON-RPC calls skip one coroutine level.
         if request.method == "POST":
-            return self._rpc(request)
+            return self._rpc(request) if self.tracer is None else self._traced(request)
         return self._other(request)
+
+    async def _traced(self, request: Request) -> Response:
+        # The span's name and attributes never hold the path: it may carry the key.
+        with self.tracer.start_as_current_span(
+            "jsonrpc", kind=_SERVER_KIND, attributes={"http.route": "/{chain}/v1/{key}"}
+        ):
+            return await self._rpc(request)
 
     async def _other(self, request: Request) -> Response:
         method = request.method
@@ -223,6 +233,7 @@ class Gateway:
     async def _rpc(self, request: Request) -> Response:
         trace = _Trace(request.peer)
         request_id = self._new_id()
+        REQUEST_ID.set(request_id)  # this request's task only: log lines carry it
         headers: list[tuple[str, str]] = [("x-request-id", request_id)]
         origin = request.headers.get("origin")
         calls: list[Call] = []
@@ -358,6 +369,24 @@ class Gateway:
         return loop.time() + self._request_timeout
 
     async def _call_upstream(
+        self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
+    ) -> tuple[int, bytes]:
+        if self.tracer is not None:
+            with self.tracer.start_as_current_span(
+                "upstream", kind=_CLIENT_KIND, attributes={"hoodrun.chain": chain.name}
+            ) as span:
+                status, body = await self._call_upstream_untraced(chain, body, trace, write_tx)
+                span.set_attributes(
+                    {
+                        "hoodrun.upstream": trace.upstream or "",
+                        "hoodrun.attempts": trace.attempts,
+                        "http.response.status_code": status,
+                    }
+                )
+                return status, body
+        return await self._call_upstream_untraced(chain, body, trace, write_tx)
+
+    async def _call_upstream_untraced(
         self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
     ) -> tuple[int, bytes]:
         try:
@@ -591,6 +620,22 @@ class Gateway:
 
     # --- telemetry -------------------------------------------------------------------------
 
+    def _annotate_span(
+        self, request_id: str, trace: _Trace, method: str, status: int, reason: str | None
+    ) -> None:
+        record = trace.record
+        attributes: dict[str, Any] = {
+            "hoodrun.request_id": request_id,
+            "hoodrun.chain": trace.chain,
+            "rpc.method": method,
+            "http.response.status_code": status,
+            "hoodrun.outcome": reason or ("rpc_error" if trace.rpc_errors else "ok"),
+        }
+        if record is not None:
+            attributes["hoodrun.key_id"] = record.id
+            attributes["hoodrun.org_id"] = record.org_id
+        _current_span().set_attributes(attributes)
+
     def _emit(
         self,
         request: Request,
@@ -610,6 +655,8 @@ class Gateway:
         else:
             method, methods = "-", ("-",) if reason else ()
         latency = time.monotonic() - request.started
+        if self.tracer is not None:
+            self._annotate_span(request_id, trace, method, response.status, reason)
         try:
             self.sink.emit(
                 RequestRecord(
@@ -640,6 +687,17 @@ class Gateway:
             log.exception("telemetry sink failed")
 
 
+def _span_kinds() -> tuple[Any, Any]:
+    try:
+        from opentelemetry.trace import SpanKind
+    except ImportError:  # pragma: no cover
+        return None, None
+    return SpanKind.SERVER, SpanKind.CLIENT
+
+
+_SERVER_KIND, _CLIENT_KIND = _span_kinds()
+
+
 def _request_ids() -> Callable[[], str]:
     """Request ids: a random per-process prefix and a counter. Unique across processes and
     restarts (the telemetry store de-duplicates rows by them), cheap on the hot path."""
@@ -666,6 +724,12 @@ def _call_result(answer: Any) -> tuple[int, str | None]:
     data = answer["error"].get("data")
     reason = data.get("reason") if isinstance(data, dict) else None
     return code, reason if isinstance(reason, str) else None
+
+
+def _current_span() -> Any:
+    from opentelemetry import trace
+
+    return trace.get_current_span()
 
 
 def _raw_tx(call: Call) -> bytes | None:

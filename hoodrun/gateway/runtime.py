@@ -27,6 +27,7 @@ from hoodrun.limits._resp import RespClient
 from hoodrun.store import Store
 from hoodrun.telemetry.service import Telemetry, open_telemetry
 from hoodrun.telemetry.sink import FanoutSink, TelemetrySink
+from hoodrun.tracing import open_tracer
 from hoodrun.upstreams import ChainPool
 
 __all__ = ["GatewayRuntime", "open_key_events"]
@@ -55,6 +56,7 @@ class GatewayRuntime:
         events: KeyEvents | None = None,
         sinks: tuple[TelemetrySink, ...] = (),
         telemetry: Telemetry | None = None,
+        span_exporter: Any = None,
         port: int | None = None,
         reuse_port: bool = False,
         key_poll_interval: float = 1.0,
@@ -64,6 +66,7 @@ class GatewayRuntime:
         self._events = events
         self._extra_sinks = sinks
         self.telemetry = telemetry
+        self._span_exporter = span_exporter
         self._port = port
         self._reuse_port = reuse_port
         self._poll_interval = key_poll_interval
@@ -139,6 +142,11 @@ class GatewayRuntime:
         if self.telemetry.writer is not None:
             sinks.append(self.telemetry.writer)
         sink = FanoutSink(sinks)
+        tracing = open_tracer(config, self._span_exporter)
+        tracer = None
+        if tracing is not None:
+            tracer, provider = tracing
+            stack.callback(provider.shutdown)
         stack.push_async_callback(sink.aclose)
         self.gateway = gateway = Gateway(
             config,
@@ -148,6 +156,7 @@ class GatewayRuntime:
             metrics=self.metrics,
             limiter=limiter,
             readiness=readiness,
+            tracer=tracer,
         )
         server = HttpServer(
             gateway.handle,

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hoodrun.telemetry.rollup import Rollups
-from hoodrun.telemetry.rows import RowBuilder
+from hoodrun.telemetry.rows import RowBuilder, flatten
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.spool import Spool
 from hoodrun.telemetry.store import AnalyticsStore
@@ -119,7 +119,7 @@ class TelemetryWriter:
         self.stats = stats or TelemetryStats()
         self.stats.queue_depth = lambda: len(self._queue)
         self.stats.spool_files = lambda: len(self.spool)
-        self._queue: list[RequestRecord] = []
+        self._queue: list[tuple[Any, ...]] = []  # flattened records (see rows.flatten)
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -135,7 +135,7 @@ class TelemetryWriter:
         if len(queue) >= self.queue_size:
             self.stats.dropped += max(record.calls, 1)
             return
-        queue.append(record)
+        queue.append(flatten(record))
         if len(queue) == self.batch_size:
             self._wake.set()
 
@@ -158,10 +158,14 @@ class TelemetryWriter:
     async def flush(self) -> None:
         """Write everything queued now (spooling what cannot be written)."""
         async with self._flushing:
-            while self._queue:
-                records = self._queue[: self.batch_size]
-                del self._queue[: self.batch_size]
-                table = await asyncio.to_thread(self.builder.table, records)
+            # Only what is queued now: records arriving meanwhile wait for the next flush, so
+            # writes stay batch-sized however fast they come.
+            waiting = len(self._queue)
+            while waiting > 0 and self._queue:
+                records = self._queue[: min(self.batch_size, waiting)]
+                del self._queue[: len(records)]
+                waiting -= len(records)
+                table = await asyncio.to_thread(self.builder.table_of_flat, records)
                 self.stats.queued += table.num_rows
                 await self._deliver(table)
             if len(self.spool) and time.monotonic() >= self._retry_at:

@@ -201,6 +201,7 @@ class ChainPool:
                 up.inflight -= 1
                 up.record_failure()
                 exc.upstream = up.name
+                log.info("chain %s: attempt on %s failed: %s", self.name, up.name, exc)
                 last = exc
                 maybe_sent = maybe_sent or exc.maybe_delivered
                 continue

@@ -27,9 +27,10 @@ T = TypeVar("T")
 
 
 class ThreadedGateway:
-    def __init__(self, config: Config, sinks: tuple[Any, ...] = ()) -> None:
+    def __init__(self, config: Config, sinks: tuple[Any, ...] = (), **runtime: Any) -> None:
         self.config = config
         self.sinks = sinks
+        self.runtime_options = runtime
         self.loop = asyncio.new_event_loop()
         self.runtime: GatewayRuntime | None = None
         self._ready = threading.Event()
@@ -46,7 +47,11 @@ class ThreadedGateway:
         try:
             await upgrade(self.config.database_url)
             async with GatewayRuntime(
-                self.config, port=0, key_poll_interval=0.5, sinks=self.sinks
+                self.config,
+                port=0,
+                key_poll_interval=0.5,
+                sinks=self.sinks,
+                **self.runtime_options,
             ) as runtime:
                 self.runtime = runtime
                 self._ready.set()
@@ -135,8 +140,8 @@ def sqlite_url(tmp_path: Path) -> str:
 def gateway_factory() -> Iterator[Any]:
     started: list[ThreadedGateway] = []
 
-    def make(config: Config, sinks: tuple[Any, ...] = ()) -> ThreadedGateway:
-        gw = ThreadedGateway(config, sinks).start()
+    def make(config: Config, sinks: tuple[Any, ...] = (), **runtime: Any) -> ThreadedGateway:
+        gw = ThreadedGateway(config, sinks, **runtime).start()
         started.append(gw)
         return gw
 

@@ -1,0 +1,226 @@
+"""The usage API (``/api/v1/usage``): reports from the analytics store, behind the admin token.
+
+Errors follow the admin API (``{"error": {"code": "...", "message": "..."}}``, rendered by the
+``ApiError`` handler of ``create_api_app``): 400 invalid range, grouping, window, source or limit;
+401 no or wrong token; 422 a malformed parameter (``limit=ten``); 503 the analytics store is not
+open or failed. ``org``, ``project`` and ``key`` are ids (``org_...``, ``prj_...``, ``key_...``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.models import ErrorOut
+from hoodrun.telemetry.reporting import GROUP_COLUMNS, MAX_LIMIT, Reports
+from hoodrun.telemetry.store import StoreError
+
+__all__ = ["TopErrorsOut", "TopMethodsOut", "UsageOut", "UsageRowOut", "usage_router"]
+
+log = logging.getLogger("hoodrun.api")
+
+
+class UsageRowOut(BaseModel):
+    """One group and window of a report; group columns not asked for are null."""
+
+    window: datetime | None = Field(default=None, description="Start of the window (UTC).")
+    chain: str | None = None
+    method: str | None = None
+    outcome: str | None = None
+    org_id: str | None = None
+    project_id: str | None = None
+    key_id: str | None = None
+    error_code: int | None = None
+    requests: int = Field(description="JSON-RPC calls (a batch counts each call).")
+    compute_units: int
+    errors: int = Field(description="Calls whose outcome is not 'ok'.")
+    error_rate: float
+    latency_avg_ms: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    bytes_in: int
+    bytes_out: int
+    cache_hits: int
+    cache_hit_ratio: float
+
+
+class _ReportOut(BaseModel):
+    start: datetime
+    end: datetime
+    source: Literal["raw", "rollup"] = Field(description="What answered: raw rows or rollups.")
+    table: str = Field(description="requests_raw, usage_hourly or usage_daily.")
+
+
+class UsageOut(_ReportOut):
+    every: Literal["minute", "hour", "day"] | None
+    by: list[str]
+    rows: list[UsageRowOut]
+
+
+class TopMethodsOut(_ReportOut):
+    limit: int
+    rows: list[UsageRowOut]
+
+
+class TopErrorRowOut(BaseModel):
+    outcome: str = Field(description="rpc_error, or the gateway's refusal reason.")
+    error_code: int = Field(description="JSON-RPC error code; 0 when there is none.")
+    count: int
+    last_seen: datetime = Field(description="To the millisecond from raw rows, else the hour.")
+    methods: list[str] = Field(description="Up to three methods it hit most.")
+
+
+class TopErrorsOut(_ReportOut):
+    limit: int
+    rows: list[TopErrorRowOut]
+
+
+_GROUPS = ", ".join(GROUP_COLUMNS)
+Org = Annotated[str | None, Query(description="Only this org id (org_...).")]
+Project = Annotated[str | None, Query(description="Only this project id (prj_...).")]
+Key = Annotated[str | None, Query(description="Only this key id (key_...).")]
+Chain = Annotated[str | None, Query(description="Only this chain, e.g. eth.")]
+From = Annotated[
+    str | None,
+    Query(
+        alias="from",
+        description="Start: ISO-8601 date or date-time (UTC unless offset), or a span ago such "
+        "as 24h or 7d. Default: 24 hours before `to`.",
+    ),
+]
+To = Annotated[str | None, Query(description="End (excluded), same forms; default now.")]
+SourceParam = Annotated[
+    str, Query(description="auto (raw rows while kept, else rollups), raw or rollup.")
+]
+Limit = Annotated[int, Query(description=f"How many rows, 1 to {MAX_LIMIT}.")]
+
+
+def usage_router(reports_provider: Callable[[], Reports | None], token: str | None) -> APIRouter:
+    """The usage endpoints; include them in ``create_api_app``'s app (its handlers render the
+    errors). ``reports_provider`` returns ``None`` while the analytics store is not open."""
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (400, 401, 422, 503)
+    }
+    router = APIRouter(
+        prefix="/api/v1/usage",
+        tags=["usage"],
+        dependencies=[Depends(_bearer(token))],
+        responses=errors,
+    )
+
+    async def answer(
+        from_: str | None,
+        to: str | None,
+        source: str,
+        run: Callable[[Reports, datetime, datetime], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        reports = reports_provider()
+        if reports is None:
+            raise ApiError(503, "analytics_unavailable", "the analytics store is not open")
+        try:
+            start, end = reports.bounds(from_, to, source)
+            return await run(reports, start, end)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        except StoreError as exc:
+            log.warning("usage report failed: %s", exc)
+            raise ApiError(
+                503, "analytics_unavailable", f"the analytics store failed: {exc}"
+            ) from None
+
+    @router.get("")
+    async def usage(
+        org: Org = None,
+        project: Project = None,
+        key: Key = None,
+        chain: Chain = None,
+        from_: From = None,
+        to: To = None,
+        by: Annotated[
+            str, Query(description=f"Group by a comma list of {_GROUPS}; empty for totals.")
+        ] = "",
+        every: Annotated[
+            str | None,
+            Query(description="Windows: minute, hour or day; none for one row per group."),
+        ] = None,
+        source: SourceParam = "auto",
+    ) -> UsageOut:
+        """Requests, compute units, errors, latency, bytes and cache hits per group and window."""
+
+        async def run(reports: Reports, start: datetime, end: datetime) -> dict[str, Any]:
+            return await reports.usage(
+                start=start,
+                end=end,
+                org=org,
+                project=project,
+                key=key,
+                chain=chain,
+                by=by,
+                every=every,
+                source=source,
+            )
+
+        return UsageOut.model_validate(await answer(from_, to, source, run))
+
+    @router.get("/top-methods")
+    async def top_methods(
+        org: Org = None,
+        project: Project = None,
+        key: Key = None,
+        chain: Chain = None,
+        from_: From = None,
+        to: To = None,
+        limit: Limit = 10,
+        source: SourceParam = "auto",
+    ) -> TopMethodsOut:
+        """The methods with the most calls."""
+
+        async def run(reports: Reports, start: datetime, end: datetime) -> dict[str, Any]:
+            return await reports.top_methods(
+                start=start,
+                end=end,
+                org=org,
+                project=project,
+                key=key,
+                chain=chain,
+                limit=limit,
+                source=source,
+            )
+
+        return TopMethodsOut.model_validate(await answer(from_, to, source, run))
+
+    @router.get("/top-errors")
+    async def top_errors(
+        org: Org = None,
+        project: Project = None,
+        key: Key = None,
+        chain: Chain = None,
+        from_: From = None,
+        to: To = None,
+        limit: Limit = 10,
+        source: SourceParam = "auto",
+    ) -> TopErrorsOut:
+        """The most frequent failures by outcome and JSON-RPC error code."""
+
+        async def run(reports: Reports, start: datetime, end: datetime) -> dict[str, Any]:
+            return await reports.top_errors(
+                start=start,
+                end=end,
+                org=org,
+                project=project,
+                key=key,
+                chain=chain,
+                limit=limit,
+                source=source,
+            )
+
+        return TopErrorsOut.model_validate(await answer(from_, to, source, run))
+
+    return router
