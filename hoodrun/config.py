@@ -205,6 +205,9 @@ class TelemetryConfig(_Model):
     stream: str = Field(
         default="HOODRUN_RECORDS", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="NATS stream."
     )
+    ack_wait: float = Field(
+        default=30.0, gt=0, description="Seconds before a batch a worker took is redelivered."
+    )
 
 
 class TracingConfig(_Model):

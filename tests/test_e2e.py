@@ -103,6 +103,20 @@ def test_up_devnet_prints_a_working_endpoint_and_stops_cleanly(tmp_path: Path) -
                 headers={"authorization": "Bearer test-token"},
             )
             assert listed.status_code == 200 and key not in listed.text
+            # Every call is in the usage report within a few flush intervals.
+            deadline, total = time.monotonic() + 15, 0
+            while time.monotonic() < deadline:
+                usage = client.get(
+                    f"http://127.0.0.1:{api_port}/api/v1/usage",
+                    params={"by": "", "from": "1h"},
+                    headers={"authorization": "Bearer test-token"},
+                )
+                assert usage.status_code == 200, usage.text
+                total = usage.json()["rows"][0]["requests"]
+                if total >= 4:
+                    break
+                time.sleep(0.2)
+            assert total >= 4  # more if the receipt took a few polls
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -168,3 +182,37 @@ def test_two_gateway_processes_share_limits_and_revocations(
         for proc in procs:
             proc.wait(20)
     assert all(proc.returncode == 0 for proc in procs)
+
+
+def test_a_killed_gateway_loses_at_most_the_last_flush_interval(
+    tmp_path: Path, anvil_factory: Any
+) -> None:
+    node: Anvil = anvil_factory(chain_id=1)
+    config = tmp_path / "hoodrun.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}/data\n"
+        f"database_url: sqlite:///{tmp_path}/hoodrun.db\n"
+        f"listen: 127.0.0.1:{free_port()}\n"
+        "telemetry: {flush_interval: 0.2}\n"
+        f"chains:\n  - name: eth\n    chain_id: 1\n    upstreams: [{{name: a, url: '{node.url}'}}]\n"
+        "default_plan: pro\n"
+    )
+    env = {**os.environ, "HOODRUN_CONFIG": str(config)}
+    created = _cli(["keys", "create", "--org", "acme", "--json"], env)
+    proc = subprocess.Popen(
+        [*HOODRUN, "gateway"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        port = int(Output(proc).wait_for(r"gateway listening on port (\d+)", 30).group(1))
+        url = f"http://127.0.0.1:{port}/eth/v1/{created['key']}"
+        with httpx.Client(timeout=10) as client:
+            for _ in range(40):
+                assert client.post(url, content=BODY).status_code == 200
+        time.sleep(1.0)  # five flush intervals: the bound, not a measurement
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    usage = _cli(["usage", "--json", "--by", "", "--from", "1h"], env)
+    assert [row["requests"] for row in usage["rows"]] == [40]

@@ -129,7 +129,9 @@ async def open_telemetry(
         elif consume:
             from hoodrun.telemetry.nats import NatsConsumer
 
-            consumer = NatsConsumer(nats_url, settings.stream, store, rollups)
+            consumer = NatsConsumer(
+                nats_url, settings.stream, store, rollups, ack_wait=settings.ack_wait
+            )
             await consumer.start()
             stack.push_async_callback(consumer.aclose)
             telemetry.consumer = consumer
