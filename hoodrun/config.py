@@ -192,7 +192,7 @@ class TelemetryConfig(_Model):
 
     enabled: bool = True
     queue_size: int = Field(default=200_000, ge=1, description="Records held before dropping.")
-    batch_size: int = Field(default=10_000, ge=1, description="Rows per write, at most.")
+    batch_size: int = Field(default=50_000, ge=1, description="Rows per write, at most.")
     flush_interval: float = Field(
         default=1.0, gt=0, le=60, description="Seconds between writes; the most a kill -9 loses."
     )

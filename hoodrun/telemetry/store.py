@@ -27,6 +27,12 @@ from hoodrun.telemetry.schema import ddl, quote_db
 __all__ = ["AnalyticsStore", "ChdbStore", "ClickHouseStore", "StoreError", "open_analytics"]
 
 
+# Inserts skip the ReplacingMergeTree's de-duplication pass (reads use FINAL anyway) and run on
+# one thread, so they leave the CPU to the requests: half the CPU per row of the defaults
+# (bench/README.md).
+INSERT_SETTINGS = "optimize_on_insert = 0, max_insert_threads = 1, max_threads = 1"
+
+
 class StoreError(RuntimeError):
     """The analytics store refused or failed a statement."""
 
@@ -131,7 +137,10 @@ class ChdbStore:
             await asyncio.to_thread(self._writer.run, statement, "CSV", None)
 
     async def insert(self, table: pa.Table) -> None:
-        sql = f"INSERT INTO {self.database}.requests_raw SELECT * FROM $table"  # noqa: S608
+        sql = (
+            f"INSERT INTO {self.database}.requests_raw SETTINGS {INSERT_SETTINGS}"  # noqa: S608
+            " SELECT * FROM $table"
+        )
         await asyncio.to_thread(self._writer.insert, sql, table)
 
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
@@ -199,8 +208,9 @@ class ClickHouseStore:
 
     async def insert(self, table: pa.Table) -> None:
         await asyncio.to_thread(
-            self._call, "writer", "insert_arrow", f"{self.database}.requests_raw", table
-        )
+            self._call, "writer", "insert_arrow", f"{self.database}.requests_raw", table,
+            settings={"optimize_on_insert": 0},
+        )  # fmt: skip
 
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         statement = sql.replace("{db}", self.database)
