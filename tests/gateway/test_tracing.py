@@ -19,8 +19,12 @@ def test_spans_and_log_lines_share_the_request_id_and_never_hold_the_key(
     gateway_factory: Any, sqlite_url: str, eth_anvil: Any, anvil_factory: Any,
     client: httpx.Client,
 ) -> None:  # fmt: skip
-    dead = anvil_factory(chain_id=1)
-    config = make_config(sqlite_url, {"eth": (1, [eth_anvil, dead])}, gateway={"max_retries": 1})
+    dead = anvil_factory(chain_id=8453)
+    config = make_config(
+        sqlite_url,
+        {"eth": (1, [eth_anvil]), "base": (8453, [dead])},
+        health={"interval": 60},  # the checker must not take the dead node out first
+    )
     config = config.model_copy(
         update={"tracing": config.tracing.model_copy(update={"enabled": True})}
     )
@@ -35,7 +39,7 @@ def test_spans_and_log_lines_share_the_request_id_and_never_hold_the_key(
     try:
         gw: ThreadedGateway = gateway_factory(config, span_exporter=exporter)
         created = gw.key(plan="pro")
-        dead.stop()  # calls that pick it fail over to the live node, and log a warning
+        dead.stop()  # calls to base fail inside their request, and log it
         request_ids = []
         for _ in range(6):
             answer = client.post(gw.endpoint(created.key), content=orjson.dumps(rpc("eth_chainId")))
@@ -45,6 +49,11 @@ def test_spans_and_log_lines_share_the_request_id_and_never_hold_the_key(
             f"{gw.url}/eth/v1", headers={"authorization": f"Bearer {created.key}"},
             content=orjson.dumps(rpc("eth_blockNumber")),
         )  # fmt: skip
+        failed = client.post(
+            gw.endpoint(created.key, chain="base"),
+            content=orjson.dumps(rpc("eth_chainId")),
+        )
+        assert failed.status_code == 502
         client.post(f"{gw.url}/eth/v1/{created.key}x", content=orjson.dumps(rpc("eth_chainId")))
         gw.stop()
     finally:
@@ -54,7 +63,7 @@ def test_spans_and_log_lines_share_the_request_id_and_never_hold_the_key(
     spans = exporter.get_finished_spans()
     servers = [s for s in spans if s.name == "jsonrpc"]
     upstreams = [s for s in spans if s.name == "upstream"]
-    assert len(servers) == 8 and len(upstreams) >= 7
+    assert len(servers) == 9 and len(upstreams) == 8
     assert [s.attributes["hoodrun.request_id"] for s in servers[:6]] == request_ids
     for span in upstreams:  # children of their request's span
         assert span.parent is not None
