@@ -123,7 +123,13 @@ async def run_platform(
             )
             server = _Uvicorn(
                 uvicorn.Config(
-                    app, host=host, port=port, log_level=config.log_level, lifespan="off"
+                    app,
+                    host=host,
+                    port=port,
+                    log_level=config.log_level,
+                    lifespan="off",
+                    log_config=None,  # our handlers and format (hoodrun.logs)
+                    access_log=False,
                 )
             )
             task = loop.create_task(server.serve())

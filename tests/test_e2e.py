@@ -126,6 +126,10 @@ def test_up_devnet_prints_a_working_endpoint_and_stops_cleanly(tmp_path: Path) -
             raise
     assert proc.returncode == 0
     assert _no_anvil_children(proc.pid)
+    # The key is printed once, in the banner; no log line of the whole run holds it.
+    logs = [line for line in output.text.splitlines() if line.startswith("{")]
+    assert any('"level"' in line for line in logs)
+    assert not [line for line in logs if key in line or key[3:] in line]
     with pytest.raises(httpx.ConnectError):
         httpx.post(endpoint, content=BODY, timeout=2)
 
