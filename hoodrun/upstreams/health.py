@@ -1,10 +1,10 @@
 """One health check of one upstream: head, sync state, peers (and chain id until verified).
 
-A check is one JSON-RPC batch ``[eth_blockNumber, eth_syncing, net_peerCount (, eth_chainId)]``.
-Nodes that refuse batches get the calls one by one (and are remembered as such). Only
-``eth_blockNumber`` (and ``eth_chainId`` when asked for) must succeed; an error from
-``eth_syncing`` or ``net_peerCount`` (anvil has no ``net_peerCount``) means "unknown", which
-counts as fine.
+A check is one JSON-RPC batch ``[eth_blockNumber, eth_syncing, net_peerCount, the "finalized"
+block's header (, eth_chainId)]``. Nodes that refuse batches get the calls one by one (and are
+remembered as such). Only ``eth_blockNumber`` (and ``eth_chainId`` when asked for) must succeed;
+an error from ``eth_syncing``, ``net_peerCount`` (anvil has no ``net_peerCount``) or the finalized
+block (chains without finality tags) means "unknown", which counts as fine.
 """
 
 from __future__ import annotations
@@ -20,21 +20,26 @@ from hoodrun.upstreams.errors import UpstreamError
 
 __all__ = ["HealthReport", "check_upstream"]
 
-_BLOCK, _SYNCING, _PEERS, _CHAIN = 1, 2, 3, 4
+_BLOCK, _SYNCING, _PEERS, _CHAIN, _FINAL = 1, 2, 3, 4, 5
 _METHODS = {
     _BLOCK: "eth_blockNumber",
     _SYNCING: "eth_syncing",
     _PEERS: "net_peerCount",
     _CHAIN: "eth_chainId",
+    _FINAL: "eth_getBlockByNumber",
 }
+_PARAMS: dict[int, list[Any]] = {_FINAL: ["finalized", False]}
 
 
 def _call(ident: int) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": ident, "method": _METHODS[ident], "params": []}
+    return {
+        "jsonrpc": "2.0", "id": ident, "method": _METHODS[ident], "params": _PARAMS.get(ident, [])
+    }  # fmt: skip
 
 
-_BATCH = orjson.dumps([_call(_BLOCK), _call(_SYNCING), _call(_PEERS)])
-_BATCH_WITH_CHAIN = orjson.dumps([_call(_BLOCK), _call(_SYNCING), _call(_PEERS), _call(_CHAIN)])
+_ALWAYS = (_BLOCK, _SYNCING, _PEERS, _FINAL)
+_BATCH = orjson.dumps([_call(i) for i in _ALWAYS])
+_BATCH_WITH_CHAIN = orjson.dumps([_call(i) for i in (*_ALWAYS, _CHAIN)])
 _SINGLE = {ident: orjson.dumps(_call(ident)) for ident in _METHODS}
 
 
@@ -51,6 +56,7 @@ class HealthReport:
     head: int | None = None
     syncing: bool | None = None
     peers: int | None = None
+    finalized: int | None = None  # the node's "finalized" block number, if it has the tag
     chain_id: int | None = None
     latency: float = 0.0
     batch: bool = True  # the node accepts batches
@@ -104,7 +110,7 @@ async def _one_by_one(
     http: HttpPool, deadline: float, want_chain_id: bool
 ) -> dict[int, dict[str, Any]]:
     answers: dict[int, dict[str, Any]] = {}
-    idents = (_BLOCK, _SYNCING, _PEERS, _CHAIN) if want_chain_id else (_BLOCK, _SYNCING, _PEERS)
+    idents = (*_ALWAYS, _CHAIN) if want_chain_id else _ALWAYS
     for ident in idents:
         status, reply = await http.post(_SINGLE[ident], _remaining(deadline))
         try:
@@ -125,7 +131,17 @@ def _read(answers: dict[int, dict[str, Any]], want_chain_id: bool) -> HealthRepo
         # false, or an object describing the sync; some nodes say true.
         syncing = sync["result"] is not False
     peers = _quantity(answers, _PEERS, required=False)
-    return HealthReport(ok=True, head=head, syncing=syncing, peers=peers, chain_id=chain_id)
+    finalized = None
+    final = answers.get(_FINAL)
+    block = None if final is None else final.get("result")
+    if isinstance(block, dict) and isinstance(block.get("number"), str):
+        try:
+            finalized = int(block["number"], 16)
+        except ValueError:
+            finalized = None
+    return HealthReport(
+        ok=True, head=head, syncing=syncing, peers=peers, finalized=finalized, chain_id=chain_id
+    )
 
 
 def _quantity(answers: dict[int, dict[str, Any]], ident: int, *, required: bool) -> int | None:

@@ -312,6 +312,18 @@ class ChainPool:
         """The highest head among reachable, synced upstreams of the right chain."""
         return self._best_head
 
+    def finalized_head(self, safe_depth: int | None = None) -> int | None:
+        """The highest block every healthy upstream calls final: the lowest of their
+        "finalized" tags (a node that lags cannot move it forward), else, for nodes without the
+        tag, the best head minus ``safe_depth`` when one is given."""
+        marks = [up.finalized for up in self.upstreams if up.healthy and up.finalized is not None]
+        if marks:
+            return min(marks)
+        best = self._best_head
+        if safe_depth is None or best is None:
+            return None
+        return max(best - safe_depth, -1)
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Per upstream: health, reason, head, lag, breaker, latency, error rate, inflight."""
         return [up.snapshot() for up in self.upstreams]
@@ -341,6 +353,7 @@ class ChainPool:
             up.reachable = True
             up.check_error = None
             up.head, up.syncing, up.peers = report.head, report.syncing, report.peers
+            up.finalized = report.finalized
             if want_chain_id:
                 if report.chain_id == self.chain.chain_id:
                     up.chain_verified = True

@@ -35,6 +35,7 @@ class Upstream:
         "config",
         "error_rate",
         "ewma_latency",
+        "finalized",
         "head",
         "health_http",
         "http",
@@ -88,6 +89,7 @@ class Upstream:
         self.head: int | None = None
         self.syncing: bool | None = None
         self.peers: int | None = None
+        self.finalized: int | None = None
         self.lag: int | None = None
         self.chain_verified = False
         self.wrong_chain_id: int | None = None
@@ -148,6 +150,7 @@ class Upstream:
             "lag": self.lag,
             "syncing": self.syncing,
             "peers": self.peers,
+            "finalized": self.finalized,
             "breaker": self.breaker.state,  # an IntEnum: int() for gauges, .name for people
             "breaker_state": self.breaker.state.name.lower(),
             "latency_ms": round(self.ewma_latency * 1000.0, 3),
