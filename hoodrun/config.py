@@ -124,6 +124,11 @@ class ChainConfig(_Model):
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
     health: HealthConfig | None = None
     rate: RateConfig | None = Field(default=None, description="Global limit for the whole chain.")
+    finality_depth: int | None = Field(
+        default=None,
+        ge=0,
+        description="Blocks behind the head taken as final when nodes have no finalized tag.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -210,6 +215,14 @@ class TelemetryConfig(_Model):
     )
 
 
+class CacheConfig(_Model):
+    """The response cache (final answers only) and the coalescing of identical reads."""
+
+    enabled: bool = True
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Memory bound.")
+    coalesce: bool = Field(default=True, description="Share one call among identical reads.")
+
+
 class TracingConfig(_Model):
     """OpenTelemetry spans for request -> upstream call, exported over OTLP/HTTP."""
 
@@ -264,6 +277,7 @@ class Config(_Model):
     public: PublicAccess = PublicAccess()
     telemetry: TelemetryConfig = TelemetryConfig()
     tracing: TracingConfig = TracingConfig()
+    cache: CacheConfig = CacheConfig()
     compute_units: ComputeUnitsConfig = ComputeUnitsConfig()
     chains: tuple[ChainConfig, ...] = ()
     plans: tuple[PlanConfig, ...] = Field(

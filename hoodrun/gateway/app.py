@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from hoodrun.config import ChainConfig, Config, PlanConfig
+from hoodrun.gateway.cache import CACHEABLE, COALESCED, Coalescer, MemoryCache, plan_cache
 from hoodrun.gateway.chain import ChainState, loads
 from hoodrun.gateway.clientip import IpPolicy
 from hoodrun.gateway.errors import (
@@ -70,7 +71,8 @@ _KEY_MESSAGES = {
     "key_expired": "Unauthorized: this API key has expired; create or rotate a key",
 }
 _CORS_EXPOSE = (
-    "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, X-Request-Id"
+    "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, X-Request-Id, "
+    "X-Cache"
 )
 _WRITE_METHOD = "eth_sendRawTransaction"
 _CHAIN_SHAPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -82,6 +84,7 @@ class _Trace:
 
     __slots__ = (
         "attempts",
+        "cache",
         "call_results",
         "chain",
         "client_ip",
@@ -100,6 +103,7 @@ class _Trace:
         self.upstream_latency: float | None = None
         self.attempts = 0
         self.rpc_errors = 0
+        self.cache: str | None = None  # "HIT" or "MISS" for cacheable calls
         self.error_code = 0
         self.call_results: tuple[tuple[int, str | None], ...] | None = None
 
@@ -138,6 +142,12 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_id = _request_ids()
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
+        settings = config.cache
+        self.cache = MemoryCache(settings.max_bytes) if settings.enabled else None
+        self.coalescer = Coalescer() if settings.coalesce else None
+        self._reads: frozenset[str] = (
+            COALESCED if settings.coalesce else CACHEABLE if settings.enabled else frozenset()
+        )
         self._metrics_watch()
 
     def _metrics_watch(self) -> None:
@@ -295,6 +305,8 @@ class Gateway:
                 response = await self._forward_single(
                     chain, record, plan, calls[0], request.body, trace
                 )
+                if trace.cache is not None:
+                    headers.append(("x-cache", trace.cache))
                 response.headers = headers
         except GatewayError as error:
             reason = error.reason
@@ -412,6 +424,8 @@ class Gateway:
             raise InvalidRequest()
         if not self.policy.permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
+        if method in self._reads:
+            return await self._read(chain, call, method, body, trace)
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
         status, reply = await self._call_upstream(chain, body, trace, write_tx)
         if method == "eth_blockNumber" and status == 200:
@@ -420,6 +434,60 @@ class Gateway:
             trace.rpc_errors = 1
             trace.error_code = _error_code(loads(reply))
         return Response(status, reply)
+
+    async def _read(
+        self, chain: ChainState, call: Call, method: str, body: bytes, trace: _Trace
+    ) -> Response:
+        """A read without side effects: from the cache when its answer is final, else from a
+        node, sharing the call with identical reads in flight (see ``hoodrun.gateway.cache``)."""
+        params = call.obj.get("params")
+        plan = None
+        finalized = None
+        if self.cache is not None and method in CACHEABLE:
+            finalized = chain.pool.finalized_head(chain.config.finality_depth)
+            plan = plan_cache(chain.name, method, params, finalized)
+            if plan is not None:
+                hit = self.cache.get(plan.key)
+                if hit is not None:
+                    trace.cache = "HIT"
+                    self.metrics.cache_lookups.inc((chain.name, "hit"))
+                    return Response(200, _answer(call.id, hit))
+                trace.cache = "MISS"
+                self.metrics.cache_lookups.inc((chain.name, "miss"))
+        if self.coalescer is not None:
+            try:
+                key = orjson.dumps((chain.name, method, params))
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes: no sharing
+                key = body
+            (status, reply, upstream, latency), shared = await self.coalescer.run(
+                key, lambda: self._call_upstream_traced(chain, body, trace)
+            )
+            if shared:
+                trace.upstream, trace.upstream_latency = upstream, latency
+                self.metrics.coalesced.inc((chain.name,))
+                reply = _with_id(reply, call.id)
+        else:
+            status, reply = await self._call_upstream(chain, body, trace)
+        if status != 200:
+            return Response(status, reply)
+        if method == "eth_blockNumber":
+            return Response(status, chain.monotonic_head_body(reply))
+        if b'"error"' in reply:
+            trace.rpc_errors = 1
+            trace.error_code = _error_code(loads(reply))
+        elif plan is not None and self.cache is not None:
+            answer = loads(reply)
+            if isinstance(answer, dict) and "result" in answer:
+                result = answer["result"]
+                if plan.admits(result, finalized):
+                    self.cache.put(plan.key, orjson.dumps(result))
+        return Response(status, reply)
+
+    async def _call_upstream_traced(
+        self, chain: ChainState, body: bytes, trace: _Trace
+    ) -> tuple[int, bytes, str | None, float | None]:
+        status, reply = await self._call_upstream(chain, body, trace)
+        return status, reply, trace.upstream, trace.upstream_latency
 
     async def _forward_batch(
         self,
@@ -681,6 +749,7 @@ class Gateway:
                     request_id=request_id,
                     error_code=trace.error_code,
                     call_results=trace.call_results,
+                    cache_hit=trace.cache == "HIT",
                 )
             )
         except Exception:  # telemetry must never break a request
@@ -704,6 +773,19 @@ def _request_ids() -> Callable[[], str]:
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):010x}"
+
+
+def _answer(call_id: Any, result: bytes) -> bytes:
+    return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (orjson.dumps(call_id), result)
+
+
+def _with_id(reply: bytes, call_id: Any) -> bytes:
+    """A node's answer to another caller's identical call, with this caller's id."""
+    answer = loads(reply)
+    if not isinstance(answer, dict) or answer.get("id") == call_id:
+        return reply
+    answer["id"] = call_id
+    return orjson.dumps(answer)
 
 
 def _error_code(answer: Any) -> int:

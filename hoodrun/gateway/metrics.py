@@ -179,6 +179,14 @@ class GatewayMetrics:
         self.upstream_retries = _Counter(
             "hoodrun_upstream_retries", "Extra upstream attempts made after a failure", ("chain",)
         )
+        self.cache_lookups = _Counter(
+            "hoodrun_cache_lookups", "Response cache lookups (hit, miss)", ("chain", "result")
+        )
+        self.coalesced = _Counter(
+            "hoodrun_coalesced_requests",
+            "Reads answered by an identical read's upstream call already in flight",
+            ("chain",),
+        )
         self.registry.register(
             _Collector(
                 [
@@ -189,6 +197,8 @@ class GatewayMetrics:
                     self.refusals,
                     self.rate_limited,
                     self.upstream_retries,
+                    self.cache_lookups,
+                    self.coalesced,
                 ]
             )
         )

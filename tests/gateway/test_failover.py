@@ -16,7 +16,7 @@ from hoodrun.gateway.runtime import GatewayRuntime
 from hoodrun.upstreams import ChainIdMismatch
 from tests.gateway.conftest import ThreadedGateway, make_config, rpc
 
-BODY = orjson.dumps(rpc("eth_chainId"))
+BODY = orjson.dumps(rpc("eth_blockNumber"))  # never cached: each one reaches a node
 
 
 def _wait_for(predicate: Any, deadline_s: float, what: str) -> None:
@@ -154,9 +154,9 @@ def test_ready_and_metrics(
     checks = ready.json()["checks"]
     assert checks["store"]["ok"] and checks["chain:eth"]["healthy_upstreams"] == ["eth-0"]
     metrics = client.get(f"{gw.url}/metrics").text
-    assert 'hoodrun_requests_total{chain="eth",method="eth_chainId",status="200"} 2.0' in metrics
+    assert 'hoodrun_requests_total{chain="eth",method="eth_chainId",status="200"} 1.0' in metrics
     assert (
-        'hoodrun_requests_total{chain="eth",method="eth_blockNumber",status="200"} 1.0' in metrics
+        'hoodrun_requests_total{chain="eth",method="eth_blockNumber",status="200"} 2.0' in metrics
     )
     assert 'hoodrun_upstream_healthy{chain="eth",upstream="eth-0"} 1.0' in metrics
     assert 'hoodrun_upstream_breaker_state{chain="eth",upstream="eth-0"} 0.0' in metrics
