@@ -89,6 +89,12 @@ class PlanConfig(_Model):
     )
     methods: MethodRules = MethodRules()
     max_batch: int | None = Field(default=None, ge=1, description="Overrides gateway.max_batch.")
+    max_logs_range: int | None = Field(
+        default=None, ge=1, description="Overrides gateway.max_logs_range."
+    )
+    max_logs_results: int | None = Field(
+        default=None, ge=1, description="Overrides gateway.max_logs_results."
+    )
     description: str = ""
 
 
@@ -124,6 +130,11 @@ class ChainConfig(_Model):
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
     health: HealthConfig | None = None
     rate: RateConfig | None = Field(default=None, description="Global limit for the whole chain.")
+    logs_chunk: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest eth_getLogs range the nodes take: longer ones are split and merged.",
+    )
     finality_depth: int | None = Field(
         default=None,
         ge=0,
@@ -172,6 +183,11 @@ class GatewayConfig(_Model):
     ip_allow: tuple[str, ...] = ()
     ip_deny: tuple[str, ...] = ()
     cors_max_age: int = Field(default=86400, ge=0)
+    max_logs_range: int = Field(default=10_000, ge=1, description="eth_getLogs blocks per call.")
+    max_logs_results: int = Field(default=10_000, ge=1, description="eth_getLogs logs per answer.")
+    logs_timeout: float = Field(
+        default=30.0, gt=0, description="Deadline of an eth_getLogs (slow by nature)."
+    )
 
     @field_validator("trusted_proxies", "ip_allow", "ip_deny")
     @classmethod

@@ -28,6 +28,7 @@ from hoodrun.gateway.errors import (
     Forbidden,
     GatewayError,
     InvalidRequest,
+    LimitExceeded,
     MethodNotAllowed,
     MethodNotPost,
     NotFound,
@@ -91,6 +92,7 @@ class _Trace:
         "error_code",
         "record",
         "rpc_errors",
+        "slow",
         "upstream",
         "upstream_latency",
     )
@@ -104,6 +106,7 @@ class _Trace:
         self.attempts = 0
         self.rpc_errors = 0
         self.cache: str | None = None  # "HIT" or "MISS" for cacheable calls
+        self.slow = False  # a call slow by nature (eth_getLogs): longer deadline
         self.error_code = 0
         self.call_results: tuple[tuple[int, str | None], ...] | None = None
 
@@ -374,10 +377,12 @@ class Gateway:
         log.warning("chain %s: upstream failure: %s", chain.name, exc)
         return UpstreamFailed()
 
-    def _deadline(self) -> float:
+    def _deadline(self, slow: bool = False) -> float:
         loop = self._loop
         if loop is None:  # get_running_loop() costs a getpid() syscall: once is enough
             loop = self._loop = asyncio.get_running_loop()
+        if slow:
+            return loop.time() + max(self._request_timeout, self.config.gateway.logs_timeout)
         return loop.time() + self._request_timeout
 
     async def _call_upstream(
@@ -402,7 +407,9 @@ class Gateway:
         self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
     ) -> tuple[int, bytes]:
         try:
-            reply = await chain.pool.call(body, deadline=self._deadline(), write_tx=write_tx)
+            reply = await chain.pool.call(
+                body, deadline=self._deadline(trace.slow), write_tx=write_tx, slow_ok=trace.slow
+            )
         except UpstreamError as exc:
             raise self._upstream_failure(chain, exc) from None
         trace.upstream = reply.upstream
@@ -424,6 +431,8 @@ class Gateway:
             raise InvalidRequest()
         if not self.policy.permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
+        if method == "eth_getLogs":
+            return await self._get_logs(chain, plan, call, body, trace)
         if method in self._reads:
             return await self._read(chain, call, method, body, trace)
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
@@ -483,6 +492,111 @@ class Gateway:
                     self.cache.put(plan.key, orjson.dumps(result))
         return Response(status, reply)
 
+    async def _get_logs(
+        self, chain: ChainState, plan: PlanConfig, call: Call, body: bytes, trace: _Trace
+    ) -> Response:
+        """eth_getLogs within the plan's limits: the block range (tags resolved to this
+        chain's numbers) and the number of logs; ranges longer than the nodes take
+        (``chains[].logs_chunk``) are split and their logs merged in order. Slow by nature: a
+        longer deadline, and its timeouts do not count against a node's health."""
+        trace.slow = True
+        query, span = self._logs_query(chain, call)
+        if span is not None:
+            start, end = span
+            refusal = self._logs_refusal(plan, start, end)
+            if refusal is not None:
+                raise refusal
+            chunk = chain.config.logs_chunk
+            if chunk is not None and end - start + 1 > chunk and isinstance(query, dict):
+                response = await self._split_logs(chain, call, query, start, end, chunk, trace)
+            else:
+                response = await self._read(chain, call, "eth_getLogs", body, trace)
+        else:
+            response = await self._read(chain, call, "eth_getLogs", body, trace)
+        cap = plan.max_logs_results or self.config.gateway.max_logs_results
+        if response.status == 200 and len(response.body) > cap * 100:  # cheap pre-check
+            answer = loads(response.body)
+            logs = answer.get("result") if isinstance(answer, dict) else None
+            if isinstance(logs, list) and len(logs) > cap:
+                raise LimitExceeded(
+                    f"eth_getLogs matched {len(logs):,} logs; plan {plan.name!r} allows "
+                    f"{cap:,} per request: narrow the block range or the filter",
+                    reason="logs_results_exceeded",
+                )
+        return response
+
+    def _logs_query(
+        self, chain: ChainState, call: Call
+    ) -> tuple[dict[str, Any] | None, tuple[int, int] | None]:
+        """The filter of an eth_getLogs call and its (first, last) block, tags resolved; the
+        span is None when it cannot be known here (the node then answers as it would)."""
+        params = call.obj.get("params")
+        query = params[0] if isinstance(params, list) and len(params) == 1 else None
+        if not isinstance(query, dict) or isinstance(query.get("blockHash"), str):
+            return None, None
+        start = self._block_number(chain, query.get("fromBlock"))
+        end = self._block_number(chain, query.get("toBlock"))
+        if start is None or end is None or end < start:
+            return query, None
+        return query, (start, end)
+
+    def _logs_refusal(self, plan: PlanConfig, start: int, end: int) -> LimitExceeded | None:
+        limit = plan.max_logs_range or self.config.gateway.max_logs_range
+        if end - start + 1 <= limit:
+            return None
+        return LimitExceeded(
+            f"eth_getLogs range too large: {end - start + 1:,} blocks asked "
+            f"({start:#x}..{end:#x}); plan {plan.name!r} allows {limit:,} blocks per request: "
+            "ask for smaller ranges",
+            reason="logs_range_exceeded",
+        )
+
+    def _block_number(self, chain: ChainState, ref: Any) -> int | None:
+        if ref is None or ref in ("latest", "pending"):
+            return chain.served_head or chain.pool.best_head()
+        if ref == "earliest":
+            return 0
+        if ref in ("safe", "finalized"):
+            return chain.pool.finalized_head(chain.config.finality_depth)
+        if isinstance(ref, str) and ref.startswith("0x"):
+            try:
+                return int(ref, 16)
+            except ValueError:
+                return None
+        return None
+
+    def _batch_logs(self, chain: ChainState, plan: PlanConfig, call: Call) -> LimitExceeded | None:
+        _, span = self._logs_query(chain, call)
+        return None if span is None else self._logs_refusal(plan, *span)
+
+    async def _split_logs(
+        self,
+        chain: ChainState,
+        call: Call,
+        query: dict[str, Any],
+        start: int,
+        end: int,
+        chunk: int,
+        trace: _Trace,
+    ) -> Response:
+        logs: list[Any] = []
+        for first in range(start, end + 1, chunk):
+            last = min(first + chunk - 1, end)
+            part = {**query, "fromBlock": hex(first), "toBlock": hex(last)}
+            body = orjson.dumps(
+                {"jsonrpc": "2.0", "id": call.id, "method": "eth_getLogs", "params": [part]}
+            )
+            status, reply = await self._call_upstream(chain, body, trace)
+            answer = loads(reply)
+            if status != 200 or not isinstance(answer, dict) or "result" not in answer:
+                if isinstance(answer, dict) and "error" in answer:
+                    trace.rpc_errors = 1
+                    trace.error_code = _error_code(answer)
+                return Response(status, reply)  # the failing part's answer, as the node gave it
+            if isinstance(answer["result"], list):
+                logs.extend(answer["result"])
+        return Response(200, orjson.dumps({"jsonrpc": "2.0", "id": call.id, "result": logs}))
+
     async def _call_upstream_traced(
         self, chain: ChainState, body: bytes, trace: _Trace
     ) -> tuple[int, bytes, str | None, float | None]:
@@ -516,6 +630,9 @@ class Gateway:
                     )
             elif method == _WRITE_METHOD:
                 writes.append((index, call))
+            elif method == "eth_getLogs" and (refused := self._batch_logs(chain, plan, call)):
+                if not call.notification:
+                    answers[index] = refused.to_object(call.id)
             else:
                 reads.append((index, call))
         jobs = []

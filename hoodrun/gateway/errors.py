@@ -11,6 +11,7 @@
     ├── UnknownChain                404  -32001  unknown_chain
     ├── NotFound                    404  -32601  not_found (a path the gateway does not serve)
     ├── MethodNotPost               405  -32600  use_post
+    ├── LimitExceeded               400  -32005  logs_range_exceeded / logs_results_exceeded
     ├── RateLimited                 429  -32005  rate_limited / upstream_rate_limited
     ├── UpstreamFailed              502  -32603  upstream_error
     ├── Unavailable                 503  -32002  no_healthy_upstream / key_store_unavailable
@@ -34,6 +35,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "InvalidRequest",
+    "LimitExceeded",
     "MethodNotAllowed",
     "MethodNotPost",
     "NotFound",
@@ -142,6 +144,12 @@ class MethodNotPost(GatewayError):
     """Use POST with a JSON-RPC body (or OPTIONS for a CORS preflight)."""
 
     status, code, default_reason = 405, -32600, "use_post"
+
+
+class LimitExceeded(GatewayError):
+    """Limit exceeded: the request asks for more than the plan allows."""
+
+    status, code, default_reason = 400, -32005, "limit_exceeded"
 
 
 class RateLimited(GatewayError):

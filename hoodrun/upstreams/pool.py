@@ -162,11 +162,18 @@ class ChainPool:
     # --- the hot path ------------------------------------------------------------------------
 
     async def call(
-        self, body: bytes, *, deadline: float, write_tx: bytes | None = None
+        self,
+        body: bytes,
+        *,
+        deadline: float,
+        write_tx: bytes | None = None,
+        slow_ok: bool = False,
     ) -> UpstreamReply:
         """Send a JSON-RPC body to the best upstream, failing over until ``deadline`` (an
         absolute ``loop.time()``). ``write_tx``: the raw signed transaction when ``body`` is a
-        single ``eth_sendRawTransaction``.
+        single ``eth_sendRawTransaction``. ``slow_ok``: a call slow by nature (a wide
+        ``eth_getLogs``): its timeouts say nothing of the node's health for other calls, so they
+        do not count against it (breaker, error rate).
 
         Raises ``NoHealthyUpstream`` (503) when no upstream is eligible, ``UpstreamTimeout``
         (504) when the deadline passed, else the last attempt's ``UpstreamError`` (502).
@@ -195,11 +202,14 @@ class ChainPool:
             try:
                 status, reply, resent = await up.http.send(
                     body,
-                    remaining if remaining < self._upstream_timeout else self._upstream_timeout,
+                    remaining
+                    if slow_ok or remaining < self._upstream_timeout
+                    else self._upstream_timeout,
                 )
             except UpstreamError as exc:
                 up.inflight -= 1
-                up.record_failure()
+                if not (slow_ok and isinstance(exc, UpstreamTimeout)):
+                    up.record_failure()
                 exc.upstream = up.name
                 log.info("chain %s: attempt on %s failed: %s", self.name, up.name, exc)
                 last = exc

@@ -13,11 +13,14 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
+import orjson
 import pytest
+from aiohttp import web
 
 from hoodrun.config import Config, load_config
-from hoodrun.devnet import Anvil
+from hoodrun.devnet import Anvil, free_port
 from hoodrun.gateway.runtime import GatewayRuntime
 from hoodrun.keys.service import CreatedKey
 from hoodrun.store import upgrade
@@ -158,3 +161,55 @@ def client() -> Iterator[httpx.Client]:
 
 def rpc(method: str, params: list[Any] | None = None, id: Any = 1) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "method": method, "params": params or []}
+
+
+class CountingProxy:
+    """In front of a node: counts the calls of one method and holds them ``delay`` seconds, so
+    that concurrent callers overlap at the gateway."""
+
+    def __init__(self, target: str, method: str, delay: float) -> None:
+        self.target, self.method, self.delay = target, method, delay
+        self.count = 0
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        threading.Thread(target=self._main, daemon=True).start()
+        self._ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+        self.loop.run_forever()
+
+    async def _serve(self) -> None:
+        self.session = aiohttp.ClientSession()
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            parsed = orjson.loads(body)
+            if isinstance(parsed, dict) and parsed.get("method") == self.method:
+                self.count += 1
+                await asyncio.sleep(self.delay)
+            async with self.session.post(
+                self.target, data=body, headers={"content-type": "application/json"}
+            ) as reply:
+                return web.Response(body=await reply.read(), content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self._ready.set()
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self.runner.cleanup()
+            await self.session.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -4,20 +4,17 @@ in flight share one upstream call."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 
-from hoodrun.devnet import Anvil, free_port
+from hoodrun.devnet import Anvil
 from hoodrun.gateway.cache import Coalescer, MemoryCache, plan_cache
-from tests.gateway.conftest import ThreadedGateway, make_config, rpc
+from tests.gateway.conftest import CountingProxy, ThreadedGateway, make_config, rpc
 
 ADDRESS = "0x" + "11" * 20
 HASH = "0x" + "ab" * 32
@@ -195,58 +192,6 @@ def test_cache_hits_are_marked_in_the_telemetry_record(
     assert [a.json()["result"] for a in answers] == ["0x1"] * 3
     assert [r.cache_hit for r in sink.records] == [False, True, True]
     assert sink.records[1].upstream is None  # no node was asked
-
-
-class CountingProxy:
-    """In front of a node: counts the calls of one method and holds them ``delay`` seconds, so
-    that concurrent callers overlap at the gateway."""
-
-    def __init__(self, target: str, method: str, delay: float) -> None:
-        self.target, self.method, self.delay = target, method, delay
-        self.count = 0
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        threading.Thread(target=self._main, daemon=True).start()
-        self._ready.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._serve())
-        self.loop.run_forever()
-
-    async def _serve(self) -> None:
-        self.session = aiohttp.ClientSession()
-
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.read()
-            parsed = orjson.loads(body)
-            if isinstance(parsed, dict) and parsed.get("method") == self.method:
-                self.count += 1
-                await asyncio.sleep(self.delay)
-            async with self.session.post(
-                self.target, data=body, headers={"content-type": "application/json"}
-            ) as reply:
-                return web.Response(body=await reply.read(), content_type="application/json")
-
-        app = web.Application()
-        app.router.add_post("/", handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        self._ready.set()
-
-    def stop(self) -> None:
-        async def close() -> None:
-            await self.runner.cleanup()
-            await self.session.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture

@@ -205,7 +205,9 @@ class _Pool:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
 
-    async def call(self, body: bytes, *, deadline: float, write_tx: bytes | None = None) -> Any:
+    async def call(
+        self, body: bytes, *, deadline: float, write_tx: bytes | None = None, slow_ok: bool = False
+    ) -> Any:
         from hoodrun.upstreams import UpstreamTimeout
         from hoodrun.upstreams.pool import UpstreamReply
 
