@@ -124,12 +124,31 @@ class HealthConfig(_Model):
     breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds OPEN before a probe.")
 
 
+class HedgeConfig(_Model):
+    """Ask a second upstream when the first is slow; the first good answer wins."""
+
+    delay: float | None = Field(default=None, gt=0, description="Seconds to wait, fixed.")
+    percentile: float | None = Field(
+        default=None, gt=0, lt=100, description="Or the chain's upstream latency percentile."
+    )
+    methods: tuple[str, ...] | None = Field(
+        default=None, description="Methods hedged; default every read without side effects."
+    )
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> HedgeConfig:
+        if (self.delay is None) == (self.percentile is None):
+            raise ValueError("give hedge.delay (seconds) or hedge.percentile (e.g. 95), not both")
+        return self
+
+
 class ChainConfig(_Model):
     name: str
     chain_id: int = Field(ge=1)
     upstreams: tuple[UpstreamConfig, ...] = Field(min_length=1)
     health: HealthConfig | None = None
     rate: RateConfig | None = Field(default=None, description="Global limit for the whole chain.")
+    hedge: HedgeConfig | None = None
     logs_chunk: int | None = Field(
         default=None,
         ge=1,

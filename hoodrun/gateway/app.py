@@ -90,6 +90,7 @@ class _Trace:
         "chain",
         "client_ip",
         "error_code",
+        "hedge_delay",
         "record",
         "rpc_errors",
         "slow",
@@ -107,6 +108,7 @@ class _Trace:
         self.rpc_errors = 0
         self.cache: str | None = None  # "HIT" or "MISS" for cacheable calls
         self.slow = False  # a call slow by nature (eth_getLogs): longer deadline
+        self.hedge_delay: float | None = None  # seconds before a second upstream is asked
         self.error_code = 0
         self.call_results: tuple[tuple[int, str | None], ...] | None = None
 
@@ -407,9 +409,22 @@ class Gateway:
         self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
     ) -> tuple[int, bytes]:
         try:
-            reply = await chain.pool.call(
-                body, deadline=self._deadline(trace.slow), write_tx=write_tx, slow_ok=trace.slow
-            )
+            if trace.hedge_delay is not None and write_tx is None:
+                reply = await chain.pool.call_hedged(
+                    body, deadline=self._deadline(), delay=trace.hedge_delay
+                )
+                if reply.hedged:
+                    self.metrics.hedges.inc((chain.name,))
+                    if reply.hedge_won:
+                        self.metrics.hedge_wins.inc((chain.name,))
+            else:
+                reply = await chain.pool.call(
+                    body,
+                    deadline=self._deadline(trace.slow),
+                    write_tx=write_tx,
+                    slow_ok=trace.slow,
+                )
+            chain.observe_latency(reply.latency)
         except UpstreamError as exc:
             raise self._upstream_failure(chain, exc) from None
         trace.upstream = reply.upstream
@@ -463,6 +478,10 @@ class Gateway:
                     return Response(200, _answer(call.id, hit))
                 trace.cache = "MISS"
                 self.metrics.cache_lookups.inc((chain.name, "miss"))
+        if chain.config.hedge is not None and (
+            method in COALESCED if chain.hedge_methods is None else method in chain.hedge_methods
+        ):
+            trace.hedge_delay = chain.hedge_delay()
         if self.coalescer is not None:
             try:
                 key = orjson.dumps((chain.name, method, params))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 import orjson
@@ -32,7 +33,17 @@ class ChainState:
     given (upstreams disagree, one falls behind) are raised to it.
     """
 
-    __slots__ = ("config", "global_bucket", "name", "pool", "served_head")
+    __slots__ = (
+        "_hedge_after",
+        "_latencies",
+        "_samples",
+        "config",
+        "global_bucket",
+        "hedge_methods",
+        "name",
+        "pool",
+        "served_head",
+    )
 
     def __init__(self, config: ChainConfig, pool: ChainPool) -> None:
         self.name = config.name
@@ -44,6 +55,27 @@ class ChainState:
             if config.rate is not None
             else None
         )
+        hedge = config.hedge
+        self.hedge_methods = None if hedge is None else hedge.methods
+        # The delay before a hedge: fixed, or a percentile of recent upstream latencies
+        # (recomputed every 64 answers; no hedging until 64 were seen).
+        self._hedge_after = None if hedge is None else hedge.delay
+        self._latencies: deque[float] = deque(maxlen=512)
+        self._samples = 0
+
+    def hedge_delay(self) -> float | None:
+        return self._hedge_after
+
+    def observe_latency(self, seconds: float) -> None:
+        hedge = self.config.hedge
+        if hedge is None or hedge.percentile is None:
+            return
+        self._latencies.append(seconds)
+        self._samples += 1
+        if self._samples % 64 == 0:
+            ordered = sorted(self._latencies)
+            at = min(len(ordered) - 1, int(len(ordered) * hedge.percentile / 100.0))
+            self._hedge_after = max(ordered[at], 0.001)
 
     def monotonic_head(self, result: Any) -> Any:
         if not isinstance(result, str) or not result.startswith("0x"):

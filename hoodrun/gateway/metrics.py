@@ -182,6 +182,12 @@ class GatewayMetrics:
         self.cache_lookups = _Counter(
             "hoodrun_cache_lookups", "Response cache lookups (hit, miss)", ("chain", "result")
         )
+        self.hedges = _Counter(
+            "hoodrun_hedged_requests", "Reads also sent to a second upstream", ("chain",)
+        )
+        self.hedge_wins = _Counter(
+            "hoodrun_hedge_wins", "Hedged reads the second upstream answered first", ("chain",)
+        )
         self.coalesced = _Counter(
             "hoodrun_coalesced_requests",
             "Reads answered by an identical read's upstream call already in flight",
@@ -199,6 +205,8 @@ class GatewayMetrics:
                     self.upstream_retries,
                     self.cache_lookups,
                     self.coalesced,
+                    self.hedges,
+                    self.hedge_wins,
                 ]
             )
         )

@@ -74,6 +74,8 @@ class UpstreamReply:
     upstream: str
     attempts: int
     latency: float
+    hedged: bool = False  # a second upstream was asked because the first was slow
+    hedge_won: bool = False  # and its answer came first
 
 
 class ChainPool:
@@ -168,12 +170,14 @@ class ChainPool:
         deadline: float,
         write_tx: bytes | None = None,
         slow_ok: bool = False,
+        shared: list[Upstream] | None = None,
     ) -> UpstreamReply:
         """Send a JSON-RPC body to the best upstream, failing over until ``deadline`` (an
         absolute ``loop.time()``). ``write_tx``: the raw signed transaction when ``body`` is a
         single ``eth_sendRawTransaction``. ``slow_ok``: a call slow by nature (a wide
         ``eth_getLogs``): its timeouts say nothing of the node's health for other calls, so they
-        do not count against it (breaker, error rate).
+        do not count against it (breaker, error rate). ``shared``: upstreams another call of
+        the same request (a hedge) is using; this one picks others, and adds its own.
 
         Raises ``NoHealthyUpstream`` (503) when no upstream is eligible, ``UpstreamTimeout``
         (504) when the deadline passed, else the last attempt's ``UpstreamError`` (502).
@@ -191,13 +195,16 @@ class ChainPool:
             if remaining <= 0:
                 break
             probe = False
-            up = self._select(tried)
+            taken = tried if shared is None else tried + shared
+            up = self._select(taken)
             if up is None:
-                up = self._select_probe(tried)
+                up = self._select_probe(taken)
                 if up is None:
                     break
                 probe = True
             tried.append(up)
+            if shared is not None:
+                shared.append(up)
             up.inflight += 1
             try:
                 status, reply, resent = await up.http.send(
@@ -256,6 +263,34 @@ class ChainPool:
         if last is None:
             raise NoHealthyUpstream(f"no healthy upstream for chain {self.name!r}")
         raise last
+
+    async def call_hedged(self, body: bytes, *, deadline: float, delay: float) -> UpstreamReply:
+        """A read sent to the best upstream and, if it has not answered after ``delay``
+        seconds, to a second one as well: the first good answer wins, the other is cancelled.
+        Never for writes. Without a second eligible upstream it is a plain ``call``."""
+        shared: list[Upstream] = []
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        first = loop.create_task(self.call(body, deadline=deadline, shared=shared))
+        done, _ = await asyncio.wait({first}, timeout=delay)
+        if done or self._select(shared) is None:
+            return await first
+        second = loop.create_task(self.call(body, deadline=deadline, shared=shared))
+        pending = {first, second}
+        failure: BaseException = NoHealthyUpstream(f"no upstream answered for chain {self.name!r}")
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        reply = task.result()
+                        reply.hedged, reply.hedge_won = True, task is second
+                        return reply
+                    failure = error
+        finally:
+            for task in pending:
+                task.cancel()
+        raise failure
 
     def _select(self, tried: list[Upstream]) -> Upstream | None:
         best: Upstream | None = None

@@ -228,3 +228,27 @@ def test_a_hundred_identical_concurrent_reads_make_one_upstream_call(
     assert [a.json()["id"] for a in answers] == list(range(100))  # each caller's own id
     assert {a.json()["result"] for a in answers} == {"0x0"}
     assert all("x-cache" not in a.headers for a in answers)  # "latest" is not cacheable
+
+
+def test_a_read_slower_than_the_hedge_delay_goes_to_a_second_upstream(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil, client: httpx.Client
+) -> None:
+    from hoodrun.config import ChainConfig, HedgeConfig, UpstreamConfig
+
+    proxies = [CountingProxy(eth_anvil.url, "eth_getBalance", delay=0.3) for _ in range(2)]
+    try:
+        chain = ChainConfig(
+            name="eth", chain_id=1, hedge=HedgeConfig(delay=0.05),
+            upstreams=tuple(UpstreamConfig(name=f"eth-{n}", url=p.url) for n, p in enumerate(proxies)),
+        )  # fmt: skip
+        config = make_config(sqlite_url, {}).model_copy(update={"chains": (chain,)})
+        gw: ThreadedGateway = gateway_factory(config)
+        url = gw.endpoint(gw.key().key)
+        answer = _rpc(client, url, "eth_getBalance", [ADDRESS, "latest"])
+        assert answer.json()["result"] == "0x0"
+        assert [p.count for p in proxies] == [1, 1]  # the first was slow: both were asked
+        metrics = client.get(f"{gw.url}/metrics").text
+        assert 'hoodrun_hedged_requests_total{chain="eth"} 1.0' in metrics
+    finally:
+        for proxy in proxies:
+            proxy.stop()
