@@ -4,7 +4,9 @@
         [--no-telemetry]
 
 Starts one anvil, a plain nginx reverse proxy to it (Debian ``nginx``), and ``hoodrun gateway`` on
-its full path (valid key, limits, routing, metrics), then loads each with ``wrk`` (Debian ``wrk``)
+its full path (valid key, limits, routing, metrics, telemetry), with the response cache and the
+coalescing of identical reads off (every request reaches the node, as through nginx; the cache
+has its own bench, ``bench/cache.py``), then loads each with ``wrk`` (Debian ``wrk``)
 at concurrency 1 and 32 (one wrk thread, which leaves the proxy the most CPU on 2 cores). Prints
 requests/s and p50/p99 per case, then the ratios the goal is stated in:
 
@@ -118,7 +120,12 @@ http {{
 
 
 def start_gateway(
-    tmp: Path, anvil: Anvil, redis: bool, workers: int, telemetry: bool = True
+    tmp: Path,
+    anvil: Anvil,
+    redis: bool,
+    workers: int,
+    telemetry: bool = True,
+    cache: bool = False,
 ) -> tuple[list[subprocess.Popen[bytes]], int, str]:
     port = free_port()
     tmp = tmp / f"gateway-{port}"
@@ -135,6 +142,7 @@ data_dir: {tmp}/data
 database_url: sqlite:///{tmp}/bench.db
 log_level: warning
 telemetry: {{enabled: {"true" if telemetry else "false"}}}
+cache: {{enabled: {"true" if cache else "false"}, coalesce: {"true" if cache else "false"}}}
 {redis_line}
 chains:
   - name: eth
