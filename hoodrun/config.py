@@ -92,16 +92,38 @@ class PlanConfig(_Model):
     max_logs_range: int | None = Field(
         default=None, ge=1, description="Overrides gateway.max_logs_range."
     )
+    archive: bool = Field(default=True, description="May read state older than a full node's.")
+    trace: bool = Field(default=True, description="May call trace_* and debug_* methods.")
     max_logs_results: int | None = Field(
         default=None, ge=1, description="Overrides gateway.max_logs_results."
     )
     description: str = ""
 
 
+CAPABILITIES = ("archive", "trace", "ws")
+
+
 class UpstreamConfig(_Model):
     name: str = Field(min_length=1, max_length=64)
     url: str
     weight: float = Field(default=1.0, gt=0)
+    tags: tuple[str, ...] = Field(
+        default=(), description="What the node can do beyond a full node: archive, trace, ws."
+    )
+    tier: Literal["own", "fallback"] = Field(
+        default="own", description="fallback: paid, used only when own nodes cannot serve."
+    )
+    max_inflight: int | None = Field(
+        default=None, ge=1, description="Calls in flight beyond which the node counts as full."
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in value:
+            if tag not in CAPABILITIES:
+                raise ValueError(f"unknown tag {tag!r}: use {', '.join(CAPABILITIES)}")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -149,6 +171,11 @@ class ChainConfig(_Model):
     health: HealthConfig | None = None
     rate: RateConfig | None = Field(default=None, description="Global limit for the whole chain.")
     hedge: HedgeConfig | None = None
+    history: int = Field(
+        default=128,
+        ge=0,
+        description="Blocks of state a full node keeps; older state reads need an archive node.",
+    )
     logs_chunk: int | None = Field(
         default=None,
         ge=1,

@@ -91,6 +91,7 @@ class _Trace:
         "client_ip",
         "error_code",
         "hedge_delay",
+        "need",
         "record",
         "rpc_errors",
         "slow",
@@ -109,6 +110,7 @@ class _Trace:
         self.cache: str | None = None  # "HIT" or "MISS" for cacheable calls
         self.slow = False  # a call slow by nature (eth_getLogs): longer deadline
         self.hedge_delay: float | None = None  # seconds before a second upstream is asked
+        self.need: str | None = None  # a capability the call needs: archive, trace
         self.error_code = 0
         self.call_results: tuple[tuple[int, str | None], ...] | None = None
 
@@ -362,6 +364,11 @@ class Gateway:
     # --- forwarding ------------------------------------------------------------------------
 
     def _upstream_failure(self, chain: ChainState, exc: UpstreamError) -> GatewayError:
+        if isinstance(exc, NoHealthyUpstream) and exc.need is not None:
+            return Unavailable(
+                f"Service unavailable: this call needs an {exc.need!r} node and chain "
+                f"{chain.name!r} has no healthy one right now; retry shortly"
+            )
         if isinstance(exc, NoHealthyUpstream):
             return Unavailable(
                 f"Service unavailable: no healthy node for chain {chain.name!r} right now; "
@@ -388,13 +395,20 @@ class Gateway:
         return loop.time() + self._request_timeout
 
     async def _call_upstream(
-        self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
+        self,
+        chain: ChainState,
+        body: bytes,
+        trace: _Trace,
+        write_tx: bytes | None = None,
+        need: str | None = None,
     ) -> tuple[int, bytes]:
         if self.tracer is not None:
             with self.tracer.start_as_current_span(
                 "upstream", kind=_CLIENT_KIND, attributes={"hoodrun.chain": chain.name}
             ) as span:
-                status, body = await self._call_upstream_untraced(chain, body, trace, write_tx)
+                status, body = await self._call_upstream_untraced(
+                    chain, body, trace, write_tx, need
+                )
                 span.set_attributes(
                     {
                         "hoodrun.upstream": trace.upstream or "",
@@ -403,15 +417,20 @@ class Gateway:
                     }
                 )
                 return status, body
-        return await self._call_upstream_untraced(chain, body, trace, write_tx)
+        return await self._call_upstream_untraced(chain, body, trace, write_tx, need)
 
     async def _call_upstream_untraced(
-        self, chain: ChainState, body: bytes, trace: _Trace, write_tx: bytes | None = None
+        self,
+        chain: ChainState,
+        body: bytes,
+        trace: _Trace,
+        write_tx: bytes | None = None,
+        need: str | None = None,
     ) -> tuple[int, bytes]:
         try:
             if trace.hedge_delay is not None and write_tx is None:
                 reply = await chain.pool.call_hedged(
-                    body, deadline=self._deadline(), delay=trace.hedge_delay
+                    body, deadline=self._deadline(), delay=trace.hedge_delay, need=need
                 )
                 if reply.hedged:
                     self.metrics.hedges.inc((chain.name,))
@@ -423,6 +442,7 @@ class Gateway:
                     deadline=self._deadline(trace.slow),
                     write_tx=write_tx,
                     slow_ok=trace.slow,
+                    need=need,
                 )
             chain.observe_latency(reply.latency)
         except UpstreamError as exc:
@@ -446,12 +466,18 @@ class Gateway:
             raise InvalidRequest()
         if not self.policy.permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
+        need = self._need(chain, method, call)
+        if need is not None:
+            refusal = _capability_refusal(plan, method, need)
+            if refusal is not None:
+                raise refusal
+            trace.need = need
         if method == "eth_getLogs":
             return await self._get_logs(chain, plan, call, body, trace)
         if method in self._reads:
             return await self._read(chain, call, method, body, trace)
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
-        status, reply = await self._call_upstream(chain, body, trace, write_tx)
+        status, reply = await self._call_upstream(chain, body, trace, write_tx, trace.need)
         if method == "eth_blockNumber" and status == 200:
             reply = chain.monotonic_head_body(reply)
         elif status == 200 and b'"error"' in reply:
@@ -495,7 +521,7 @@ class Gateway:
                 self.metrics.coalesced.inc((chain.name,))
                 reply = _with_id(reply, call.id)
         else:
-            status, reply = await self._call_upstream(chain, body, trace)
+            status, reply = await self._call_upstream(chain, body, trace, need=trace.need)
         if status != 200:
             return Response(status, reply)
         if method == "eth_blockNumber":
@@ -584,6 +610,26 @@ class Gateway:
                 return None
         return None
 
+    def _need(self, chain: ChainState, method: str, call: Call) -> str | None:
+        """The capability a call needs beyond a full node: ``trace`` for trace_* and debug_*,
+        ``archive`` for state read further back than the chain's ``history`` blocks."""
+        if method.startswith(("trace_", "debug_")):
+            return "trace"
+        index = _STATE_READS.get(method)
+        if index is None:
+            return None
+        params = call.obj.get("params")
+        if not isinstance(params, list) or len(params) <= index:
+            return None  # the block defaults to "latest"
+        ref = params[index]
+        if isinstance(ref, dict):  # EIP-1898; a block hash says nothing of its age here
+            ref = ref.get("blockNumber")
+        number = 0 if ref == "earliest" else self._block_number(chain, ref) if ref else None
+        head = chain.served_head or chain.pool.best_head()
+        if number is None or head is None or ref in ("latest", "pending", "safe", "finalized"):
+            return None
+        return "archive" if number < head - chain.config.history else None
+
     def _batch_logs(self, chain: ChainState, plan: PlanConfig, call: Call) -> LimitExceeded | None:
         _, span = self._logs_query(chain, call)
         return None if span is None else self._logs_refusal(plan, *span)
@@ -619,7 +665,7 @@ class Gateway:
     async def _call_upstream_traced(
         self, chain: ChainState, body: bytes, trace: _Trace
     ) -> tuple[int, bytes, str | None, float | None]:
-        status, reply = await self._call_upstream(chain, body, trace)
+        status, reply = await self._call_upstream(chain, body, trace, need=trace.need)
         return status, reply, trace.upstream, trace.upstream_latency
 
     async def _forward_batch(
@@ -633,6 +679,7 @@ class Gateway:
         answers: list[Any] = [None] * len(calls)
         reads: list[tuple[int, Call]] = []
         writes: list[tuple[int, Call]] = []
+        needs: set[str] = set()  # capabilities the reads need: the batch goes where all are
         for index, call in enumerate(calls):
             method = call.method
             if method is None:
@@ -652,12 +699,24 @@ class Gateway:
             elif method == "eth_getLogs" and (refused := self._batch_logs(chain, plan, call)):
                 if not call.notification:
                     answers[index] = refused.to_object(call.id)
+            elif (need := self._need(chain, method, call)) is not None and (
+                refusal := _capability_refusal(plan, method, need)
+            ):
+                if not call.notification:
+                    answers[index] = refusal.to_object(call.id)
             else:
+                if need is not None:
+                    needs.add(need)
                 reads.append((index, call))
         jobs = []
         if reads:
             # With writes in the batch, a failure of the reads must not hide the writes' answers.
-            jobs.append(self._batch_reads(chain, reads, answers, trace, isolate=bool(writes)))
+            # One upstream batch goes to one node: a trace node if any call traces, else an
+            # archive node if any call reads old state (a batch needing both should be split).
+            need = "trace" if "trace" in needs else "archive" if needs else None
+            jobs.append(
+                self._batch_reads(chain, reads, answers, trace, isolate=bool(writes), need=need)
+            )
         for index, call in writes:
             jobs.append(self._batch_write(chain, index, call, answers, trace))
         if jobs:
@@ -676,6 +735,7 @@ class Gateway:
         trace: _Trace,
         *,
         isolate: bool = False,
+        need: str | None = None,
     ) -> None:
         # Ids are replaced by positions so duplicate or odd client ids cannot mix answers up.
         upstream_batch = [
@@ -697,10 +757,10 @@ class Gateway:
                 else:
                     fine.append((index, call))
             if fine:
-                await self._batch_reads(chain, fine, answers, trace, isolate=isolate)
+                await self._batch_reads(chain, fine, answers, trace, isolate=isolate, need=need)
             return
         try:
-            status, body = await self._call_upstream(chain, payload, trace)
+            status, body = await self._call_upstream(chain, payload, trace, need=need)
         except GatewayError as error:
             if not isolate:
                 raise
@@ -909,6 +969,35 @@ def _request_ids() -> Callable[[], str]:
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):010x}"
+
+
+# State reads and where their block parameter sits: older than a full node's history window,
+# they need an archive node.
+_STATE_READS = {
+    "eth_getBalance": 1,
+    "eth_getCode": 1,
+    "eth_getTransactionCount": 1,
+    "eth_getStorageAt": 2,
+    "eth_call": 1,
+    "eth_getProof": 2,
+    "eth_estimateGas": 1,
+    "eth_createAccessList": 1,
+}
+
+
+def _capability_refusal(plan: PlanConfig, method: str, need: str) -> MethodNotAllowed | None:
+    if need == "archive" and not plan.archive:
+        return MethodNotAllowed(
+            f"Forbidden: {method} this far back needs archive access, which plan "
+            f"{plan.name!r} does not include; read recent state or upgrade the plan",
+            reason="archive_not_allowed",
+        )
+    if need == "trace" and not plan.trace:
+        return MethodNotAllowed(
+            f"Forbidden: {method} needs trace access, which plan {plan.name!r} does not include",
+            reason="trace_not_allowed",
+        )
+    return None
 
 
 def _answer(call_id: Any, result: bytes) -> bytes:

@@ -103,6 +103,10 @@ class NoHealthyUpstream(UpstreamError):
     code = "no_healthy_upstream"
     maybe_delivered = False
 
+    def __init__(self, message: str | None = None, *, need: str | None = None) -> None:
+        super().__init__(message)
+        self.need = need  # the capability no healthy upstream offered, if that was the cause
+
 
 class ChainIdMismatch(UpstreamError):
     """An upstream reports a different chain id than the configured one."""

@@ -108,6 +108,12 @@ class ChainPool:
             )
             for config in chain.upstreams
         ]
+        # Capabilities some upstream declares; a chain with none, no fallback tier and no
+        # in-flight caps selects by score alone (the fast path).
+        self._offered = frozenset(tag for up in self.upstreams for tag in up.tags)
+        self._plain = not self._offered and not any(
+            up.fallback or up.max_inflight is not None for up in self.upstreams
+        )
         self._best_head: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._state = _NEW
@@ -171,6 +177,7 @@ class ChainPool:
         write_tx: bytes | None = None,
         slow_ok: bool = False,
         shared: list[Upstream] | None = None,
+        need: str | None = None,
     ) -> UpstreamReply:
         """Send a JSON-RPC body to the best upstream, failing over until ``deadline`` (an
         absolute ``loop.time()``). ``write_tx``: the raw signed transaction when ``body`` is a
@@ -178,6 +185,8 @@ class ChainPool:
         ``eth_getLogs``): its timeouts say nothing of the node's health for other calls, so they
         do not count against it (breaker, error rate). ``shared``: upstreams another call of
         the same request (a hedge) is using; this one picks others, and adds its own.
+        ``need``: a capability the call needs (``archive``, ``trace``); when some upstream of
+        the chain declares it, only those are asked.
 
         Raises ``NoHealthyUpstream`` (503) when no upstream is eligible, ``UpstreamTimeout``
         (504) when the deadline passed, else the last attempt's ``UpstreamError`` (502).
@@ -196,9 +205,9 @@ class ChainPool:
                 break
             probe = False
             taken = tried if shared is None else tried + shared
-            up = self._select(taken)
+            up = self._select(taken, need)
             if up is None:
-                up = self._select_probe(taken)
+                up = self._select_probe(taken, need)
                 if up is None:
                     break
                 probe = True
@@ -261,20 +270,26 @@ class ChainPool:
                 maybe_delivered=maybe_sent,
             ) from last
         if last is None:
+            if need is not None and need in self._offered:
+                raise NoHealthyUpstream(
+                    f"no healthy upstream with {need!r} for chain {self.name!r}", need=need
+                )
             raise NoHealthyUpstream(f"no healthy upstream for chain {self.name!r}")
         raise last
 
-    async def call_hedged(self, body: bytes, *, deadline: float, delay: float) -> UpstreamReply:
+    async def call_hedged(
+        self, body: bytes, *, deadline: float, delay: float, need: str | None = None
+    ) -> UpstreamReply:
         """A read sent to the best upstream and, if it has not answered after ``delay``
         seconds, to a second one as well: the first good answer wins, the other is cancelled.
         Never for writes. Without a second eligible upstream it is a plain ``call``."""
         shared: list[Upstream] = []
         loop = cast(asyncio.AbstractEventLoop, self._loop)
-        first = loop.create_task(self.call(body, deadline=deadline, shared=shared))
+        first = loop.create_task(self.call(body, deadline=deadline, shared=shared, need=need))
         done, _ = await asyncio.wait({first}, timeout=delay)
-        if done or self._select(shared) is None:
+        if done or self._select(shared, need) is None:
             return await first
-        second = loop.create_task(self.call(body, deadline=deadline, shared=shared))
+        second = loop.create_task(self.call(body, deadline=deadline, shared=shared, need=need))
         pending = {first, second}
         failure: BaseException = NoHealthyUpstream(f"no upstream answered for chain {self.name!r}")
         try:
@@ -292,21 +307,44 @@ class ChainPool:
                 task.cancel()
         raise failure
 
-    def _select(self, tried: list[Upstream]) -> Upstream | None:
-        best: Upstream | None = None
-        best_score = 0.0
-        for up in self.upstreams:
-            if up.out_reason is None and up.breaker.closed and up not in tried:
-                score = up.score()
-                if best is None or score < best_score:
-                    best, best_score = up, score
-        return best
+    def _select(self, tried: list[Upstream], need: str | None = None) -> Upstream | None:
+        if self._plain:  # no tags, tiers or caps on this chain: by score alone
+            best: Upstream | None = None
+            best_score = 0.0
+            for up in self.upstreams:
+                if up.out_reason is None and up.breaker.closed and up not in tried:
+                    score = up.score()
+                    if best is None or score < best_score:
+                        best, best_score = up, score
+            return best
+        eligible = [
+            up
+            for up in self._able(need)
+            if up.out_reason is None and up.breaker.closed and up not in tried
+        ]
+        return min(eligible, key=lambda up: self._rank(up, need), default=None)
 
-    def _select_probe(self, tried: list[Upstream]) -> Upstream | None:
+    def _able(self, need: str | None) -> list[Upstream]:
+        """The upstreams that can serve a call needing ``need``: those declaring it, when
+        any does (a chain that declares no capability serves everything everywhere)."""
+        if need is None or need not in self._offered:
+            return self.upstreams
+        return [up for up in self.upstreams if need in up.tags]
+
+    @staticmethod
+    def _rank(up: Upstream, need: str | None) -> tuple[int, int, float]:
+        """Own nodes with room first, then paid fallbacks with room, then full nodes; among
+        equals, nodes without capabilities the call does not need (kept free for calls that
+        do), then by score."""
+        full = up.max_inflight is not None and up.inflight >= up.max_inflight
+        spare = len(up.tags) - (1 if need in up.tags else 0)
+        return (2 if full else 0) + (1 if up.fallback else 0), spare, up.score()
+
+    def _select_probe(self, tried: list[Upstream], need: str | None = None) -> Upstream | None:
         """No closed breaker anywhere: let a request be a half-open probe."""
         candidates = [
             up
-            for up in self.upstreams
+            for up in self._able(need)
             if up.out_reason is None and up not in tried and up.breaker.probe_available()
         ]
         for up in sorted(candidates, key=Upstream.score):

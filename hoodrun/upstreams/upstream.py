@@ -35,17 +35,20 @@ class Upstream:
         "config",
         "error_rate",
         "ewma_latency",
+        "fallback",
         "finalized",
         "head",
         "health_http",
         "http",
         "inflight",
         "lag",
+        "max_inflight",
         "name",
         "out_reason",
         "peers",
         "reachable",
         "syncing",
+        "tags",
         "url",
         "weight",
         "wrong_chain_id",
@@ -65,6 +68,9 @@ class Upstream:
         self.name = config.name
         self.url = config.url
         self.weight = config.weight
+        self.tags = frozenset(config.tags)
+        self.fallback = config.tier == "fallback"
+        self.max_inflight = config.max_inflight
         self.http = HttpPool(
             config.url, max_connections=max_connections, connect_timeout=connect_timeout
         )
@@ -157,6 +163,8 @@ class Upstream:
             "error_rate": round(self.error_rate, 4),
             "inflight": self.inflight,
             "weight": self.weight,
+            "tags": sorted(self.tags),
+            "tier": "fallback" if self.fallback else "own",
             "connections": {"idle": self.http.idle, "in_use": self.http.in_use},
         }
 

@@ -191,8 +191,12 @@ class CountingProxy:
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
             parsed = orjson.loads(body)
-            if isinstance(parsed, dict) and parsed.get("method") == self.method:
-                self.count += 1
+            calls = parsed if isinstance(parsed, list) else [parsed]
+            matching = sum(
+                1 for c in calls if isinstance(c, dict) and c.get("method") == self.method
+            )
+            if matching:
+                self.count += matching
                 await asyncio.sleep(self.delay)
             async with self.session.post(
                 self.target, data=body, headers={"content-type": "application/json"}

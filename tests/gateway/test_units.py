@@ -205,9 +205,7 @@ class _Pool:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
 
-    async def call(
-        self, body: bytes, *, deadline: float, write_tx: bytes | None = None, slow_ok: bool = False
-    ) -> Any:
+    async def call(self, body: bytes, *, deadline: float, **options: Any) -> Any:
         from hoodrun.upstreams import UpstreamTimeout
         from hoodrun.upstreams.pool import UpstreamReply
 

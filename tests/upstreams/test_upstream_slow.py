@@ -98,3 +98,29 @@ async def test_no_second_upstream_means_no_hedge(tiny_server: MakeServer) -> Non
         loop = asyncio.get_running_loop()
         reply = await pool.call_hedged(CALL, deadline=loop.time() + 5, delay=0.05)
         assert not reply.hedged and reply.upstream == "a"
+
+
+async def test_paid_fallbacks_serve_only_when_own_nodes_cannot(tiny_server: MakeServer) -> None:
+    from hoodrun.config import ChainConfig, UpstreamConfig
+
+    own = await tiny_server(_slow_on("eth_call", 0.3))
+    paid = await tiny_server(_slow_on("eth_call", 0.0))
+    config = ChainConfig(
+        name="eth", chain_id=1,
+        upstreams=(
+            UpstreamConfig(name="own", url=own.url, max_inflight=1),
+            UpstreamConfig(name="paid", url=paid.url, tier="fallback", weight=100),
+        ),
+    )  # fmt: skip
+    async with ChainPool(config, health_config(), gateway_config()) as pool:
+        loop = asyncio.get_running_loop()
+        # The own node wins although the paid one is "faster" by weight.
+        assert (await pool.call(CALL, deadline=loop.time() + 5)).upstream == "own"
+        # Saturated (max_inflight reached): the overflow spills to the paid node.
+        replies = await asyncio.gather(
+            pool.call(CALL, deadline=loop.time() + 5), pool.call(CALL, deadline=loop.time() + 5)
+        )
+        assert sorted(r.upstream for r in replies) == ["own", "paid"]
+        # Own node down: the paid node serves.
+        pool.upstreams[0].out_reason = "test: taken out"
+        assert (await pool.call(CALL, deadline=loop.time() + 5)).upstream == "paid"
