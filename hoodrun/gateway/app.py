@@ -90,6 +90,7 @@ class _Trace:
         "chain",
         "client_ip",
         "error_code",
+        "fresh",
         "hedge_delay",
         "need",
         "record",
@@ -111,6 +112,7 @@ class _Trace:
         self.slow = False  # a call slow by nature (eth_getLogs): longer deadline
         self.hedge_delay: float | None = None  # seconds before a second upstream is asked
         self.need: str | None = None  # a capability the call needs: archive, trace
+        self.fresh = False  # the call reads the tip: nodes at the best head first
         self.error_code = 0
         self.call_results: tuple[tuple[int, str | None], ...] | None = None
 
@@ -443,6 +445,7 @@ class Gateway:
                     write_tx=write_tx,
                     slow_ok=trace.slow,
                     need=need,
+                    fresh=trace.fresh,
                 )
             chain.observe_latency(reply.latency)
         except UpstreamError as exc:
@@ -472,6 +475,7 @@ class Gateway:
             if refusal is not None:
                 raise refusal
             trace.need = need
+        body = self._pin_tags(chain, method, call, body, trace)
         if method == "eth_getLogs":
             return await self._get_logs(chain, plan, call, body, trace)
         if method in self._reads:
@@ -609,6 +613,39 @@ class Gateway:
             except ValueError:
                 return None
         return None
+
+    def _pin_tags(
+        self, chain: ChainState, method: str, call: Call, body: bytes, trace: _Trace
+    ) -> bytes:
+        """Block tags made consistent across upstreams: a call at ``latest`` (or with no block)
+        goes to the nodes at the best head first, so a client's head never goes backwards;
+        ``finalized`` becomes the chain's finalized number (which every healthy node has, and
+        which never goes backwards). Returns the body to send."""
+        if method == "eth_blockNumber":
+            trace.fresh = True
+            return body
+        params = call.obj.get("params")
+        if method == "eth_getLogs":
+            query = params[0] if isinstance(params, list) and len(params) == 1 else None
+            if not isinstance(query, dict) or isinstance(query.get("blockHash"), str):
+                return body
+            ends = {k: query.get(k) for k in ("fromBlock", "toBlock")}
+            trace.fresh = any(v in (None, "latest", "pending") for v in ends.values())
+            if "finalized" not in ends.values() or (final := chain.finalized()) is None:
+                return body
+            pinned = {k: hex(final) for k, v in ends.items() if v == "finalized"}
+            return _with_params(call, [{**query, **pinned}])
+        index = _BLOCK_ARGS.get(method)
+        if index is None:
+            return body
+        ref = params[index] if isinstance(params, list) and len(params) > index else None
+        if ref in (None, "latest", "pending"):
+            trace.fresh = True
+        elif ref == "finalized" and isinstance(params, list):
+            final = chain.finalized()
+            if final is not None:
+                return _with_params(call, [*params[:index], hex(final), *params[index + 1 :]])
+        return body
 
     def _need(self, chain: ChainState, method: str, call: Call) -> str | None:
         """The capability a call needs beyond a full node: ``trace`` for trace_* and debug_*,
@@ -983,6 +1020,22 @@ _STATE_READS = {
     "eth_estimateGas": 1,
     "eth_createAccessList": 1,
 }
+
+
+# Methods that read at a block, and where the block parameter sits.
+_BLOCK_ARGS = {
+    **_STATE_READS,
+    "eth_getBlockByNumber": 0,
+    "eth_getBlockTransactionCountByNumber": 0,
+    "eth_getTransactionByBlockNumberAndIndex": 0,
+    "eth_getUncleByBlockNumberAndIndex": 0,
+    "eth_getUncleCountByBlockNumber": 0,
+    "eth_getBlockReceipts": 0,
+}
+
+
+def _with_params(call: Call, params: list[Any]) -> bytes:
+    return orjson.dumps({**call.obj, "params": params})
 
 
 def _capability_refusal(plan: PlanConfig, method: str, need: str) -> MethodNotAllowed | None:

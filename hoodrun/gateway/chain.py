@@ -42,6 +42,7 @@ class ChainState:
         "hedge_methods",
         "name",
         "pool",
+        "served_finalized",
         "served_head",
     )
 
@@ -50,6 +51,7 @@ class ChainState:
         self.config = config
         self.pool = pool
         self.served_head = 0
+        self.served_finalized = -1
         self.global_bucket = (
             Bucket(f"c:{config.name}", config.rate.rps, config.rate.capacity)
             if config.rate is not None
@@ -62,6 +64,14 @@ class ChainState:
         self._hedge_after = None if hedge is None else hedge.delay
         self._latencies: deque[float] = deque(maxlen=512)
         self._samples = 0
+
+    def finalized(self) -> int | None:
+        """The finalized block served for the "finalized" tag: the lowest finalized block of
+        the healthy upstreams (every one of them has it), never going backwards."""
+        now = self.pool.finalized_head(self.config.finality_depth)
+        if now is not None and now > self.served_finalized:
+            self.served_finalized = now
+        return self.served_finalized if self.served_finalized >= 0 else None
 
     def hedge_delay(self) -> float | None:
         return self._hedge_after

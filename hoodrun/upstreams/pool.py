@@ -178,6 +178,7 @@ class ChainPool:
         slow_ok: bool = False,
         shared: list[Upstream] | None = None,
         need: str | None = None,
+        fresh: bool = False,
     ) -> UpstreamReply:
         """Send a JSON-RPC body to the best upstream, failing over until ``deadline`` (an
         absolute ``loop.time()``). ``write_tx``: the raw signed transaction when ``body`` is a
@@ -186,7 +187,9 @@ class ChainPool:
         do not count against it (breaker, error rate). ``shared``: upstreams another call of
         the same request (a hedge) is using; this one picks others, and adds its own.
         ``need``: a capability the call needs (``archive``, ``trace``); when some upstream of
-        the chain declares it, only those are asked.
+        the chain declares it, only those are asked. ``fresh``: the call reads the chain's tip
+        (``latest``): upstreams at the best head are asked first, so that a client never sees
+        the head go backwards because a lagging node answered.
 
         Raises ``NoHealthyUpstream`` (503) when no upstream is eligible, ``UpstreamTimeout``
         (504) when the deadline passed, else the last attempt's ``UpstreamError`` (502).
@@ -205,7 +208,7 @@ class ChainPool:
                 break
             probe = False
             taken = tried if shared is None else tried + shared
-            up = self._select(taken, need)
+            up = self._select(taken, need, fresh)
             if up is None:
                 up = self._select_probe(taken, need)
                 if up is None:
@@ -307,7 +310,16 @@ class ChainPool:
                 task.cancel()
         raise failure
 
-    def _select(self, tried: list[Upstream], need: str | None = None) -> Upstream | None:
+    def _select(
+        self, tried: list[Upstream], need: str | None = None, fresh: bool = False
+    ) -> Upstream | None:
+        if fresh and self._best_head is not None:
+            tip = self._best_head
+            lagging = [up for up in self.upstreams if up.head is not None and up.head < tip]
+            if lagging:  # the nodes at the tip first; any node if none of them can answer
+                chosen = self._select(tried + lagging, need)
+                if chosen is not None:
+                    return chosen
         if self._plain:  # no tags, tiers or caps on this chain: by score alone
             best: Upstream | None = None
             best_score = 0.0

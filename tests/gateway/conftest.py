@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,8 +167,15 @@ class CountingProxy:
     """In front of a node: counts the calls of one method and holds them ``delay`` seconds, so
     that concurrent callers overlap at the gateway."""
 
-    def __init__(self, target: str, method: str, delay: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        method: str,
+        delay: float,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         self.target, self.method, self.delay = target, method, delay
+        self.where = where  # counts only the calls this accepts
         self.count = 0
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
@@ -193,7 +200,11 @@ class CountingProxy:
             parsed = orjson.loads(body)
             calls = parsed if isinstance(parsed, list) else [parsed]
             matching = sum(
-                1 for c in calls if isinstance(c, dict) and c.get("method") == self.method
+                1
+                for c in calls
+                if isinstance(c, dict)
+                and c.get("method") == self.method
+                and (self.where is None or self.where(c))
             )
             if matching:
                 self.count += matching

@@ -113,3 +113,56 @@ def test_no_healthy_archive_node_is_a_clear_503(
     assert answer.status_code == 503
     assert "'archive'" in answer.json()["error"]["message"]
     assert _balance(client, url, "latest").status_code == 200  # the full node still serves
+
+
+def test_reads_at_the_tip_go_to_nodes_at_the_best_head(
+    gateway_factory: Any, sqlite_url: str, anvil_factory: Any, client: httpx.Client
+) -> None:
+    ahead: Anvil = anvil_factory(chain_id=1, extra_args=("--slots-in-an-epoch", "1"))
+    behind: Anvil = anvil_factory(chain_id=1, extra_args=("--slots-in-an-epoch", "1"))
+    httpx.post(ahead.url, json=rpc("anvil_mine", ["0x14"]), timeout=10)  # head 20
+    httpx.post(behind.url, json=rpc("anvil_mine", ["0x10"]), timeout=10)  # head 16: lagging
+
+    def at_latest(call: dict[str, Any]) -> bool:
+        return call.get("params", [None])[0] == "latest"  # not the health checks' "finalized"
+
+    proxies = {
+        name: CountingProxy(node.url, "eth_getBlockByNumber", delay=0, where=at_latest)
+        for name, node in (("ahead", ahead), ("behind", behind))
+    }
+    try:
+        chain = ChainConfig(
+            name="eth", chain_id=1,
+            upstreams=tuple(UpstreamConfig(name=n, url=p.url) for n, p in proxies.items()),
+        )  # fmt: skip
+        config = make_config(sqlite_url, {}, health={"max_lag": 10})  # "behind" stays in
+        gw: ThreadedGateway = gateway_factory(config.model_copy(update={"chains": (chain,)}))
+        assert gw.runtime is not None and gw.runtime.gateway is not None
+        pool = gw.runtime.gateway.chains["eth"].pool
+        deadline = time.monotonic() + 10
+        while not (pool.best_head() == 20 and all(up.healthy for up in pool.upstreams)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = gw.endpoint(gw.key(plan="pro").key)
+        heads = []
+        for _ in range(10):
+            block = client.post(
+                url, content=orjson.dumps(rpc("eth_getBlockByNumber", ["latest", False]))
+            )
+            heads.append(int(block.json()["result"]["number"], 16))
+            heads.append(
+                int(
+                    client.post(url, content=orjson.dumps(rpc("eth_blockNumber"))).json()["result"],
+                    16,
+                )
+            )
+        assert heads == [20] * 20  # never the lagging node's 16
+        assert (proxies["ahead"].count, proxies["behind"].count) == (10, 0)
+        # "finalized" is pinned to a number every healthy node has: the lower one's (14).
+        final = client.post(
+            url, content=orjson.dumps(rpc("eth_getBlockByNumber", ["finalized", False]))
+        )
+        assert int(final.json()["result"]["number"], 16) == 14
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
