@@ -116,6 +116,9 @@ class UpstreamConfig(_Model):
     max_inflight: int | None = Field(
         default=None, ge=1, description="Calls in flight beyond which the node counts as full."
     )
+    ws_url: str | None = Field(
+        default=None, description="The node's WebSocket endpoint; default: url with ws://."
+    )
 
     @field_validator("tags")
     @classmethod
@@ -277,6 +280,17 @@ class TelemetryConfig(_Model):
     )
 
 
+class WebSocketConfig(_Model):
+    """JSON-RPC over WebSocket at GET /{chain}/v1/{KEY}, with subscriptions."""
+
+    enabled: bool = True
+    max_connections_per_key: int = Field(default=100, ge=1)
+    max_subscriptions: int = Field(default=100, ge=1, description="Per connection.")
+    idle_timeout: float = Field(default=300.0, gt=0, description="Seconds without a message.")
+    ping_interval: float = Field(default=30.0, gt=0)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+
 class CacheConfig(_Model):
     """The response cache (final answers only) and the coalescing of identical reads."""
 
@@ -340,6 +354,7 @@ class Config(_Model):
     telemetry: TelemetryConfig = TelemetryConfig()
     tracing: TracingConfig = TracingConfig()
     cache: CacheConfig = CacheConfig()
+    ws: WebSocketConfig = WebSocketConfig()
     compute_units: ComputeUnitsConfig = ComputeUnitsConfig()
     chains: tuple[ChainConfig, ...] = ()
     plans: tuple[PlanConfig, ...] = Field(

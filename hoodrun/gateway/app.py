@@ -31,6 +31,7 @@ from hoodrun.gateway.errors import (
     LimitExceeded,
     MethodNotAllowed,
     MethodNotPost,
+    NeedsWebSocket,
     NotFound,
     RateLimited,
     Unauthorized,
@@ -44,6 +45,7 @@ from hoodrun.gateway.http import Request, Response
 from hoodrun.gateway.jsonrpc import Call, parse_body
 from hoodrun.gateway.metrics import GatewayMetrics
 from hoodrun.gateway.policy import Policy
+from hoodrun.gateway.ws import CURRENT_SESSION, WsSession, handshake_answer
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
@@ -149,7 +151,9 @@ class Gateway:
         self._max_batch = config.gateway.max_batch
         self._request_timeout = config.gateway.request_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._new_id = _request_ids()
+        self._new_id = self.new_request_id = _request_ids()
+        self._sessions: dict[str, set[WsSession]] = {}  # open WebSockets by key hash
+        verifier.on_purge.append(self._key_changed)
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
         settings = config.cache
         self.cache = MemoryCache(settings.max_bytes) if settings.enabled else None
@@ -476,6 +480,15 @@ class Gateway:
                 raise refusal
             trace.need = need
         body = self._pin_tags(chain, method, call, body, trace)
+        if method in _SUBSCRIPTION_METHODS:
+            session = CURRENT_SESSION.get()
+            if session is None:
+                raise NeedsWebSocket(
+                    f"{method} needs a WebSocket: connect to ws(s)://<host>/{chain.name}/v1/<KEY>"
+                )
+            if method == "eth_subscribe":
+                return await session.subscribe(call)
+            return await session.unsubscribe(call)
         if method == "eth_getLogs":
             return await self._get_logs(chain, plan, call, body, trace)
         if method in self._reads:
@@ -862,6 +875,86 @@ class Gateway:
                 )
             )
 
+    # --- WebSocket ---------------------------------------------------------------------------
+
+    def ws_upgrade(self, request: Request, transport: Any, rest: bytes) -> Any:
+        """The server's upgrade hook: a session once the handshake is admitted (checked like an
+        HTTP call, asynchronously), or an HTTP refusal."""
+        answer = handshake_answer(request)
+        if isinstance(answer, str):
+            error = InvalidRequest(f"Bad WebSocket handshake: {answer}", reason="bad_handshake")
+            return Response(400, error.body())
+        return _Admission(self, request, transport, answer, rest)
+
+    async def _admit_ws(self, request: Request) -> tuple[ChainState, KeyRecord | None, str | None]:
+        """What an HTTP call would check before its body: route, address, chain, key, scopes."""
+        chain_name, key = self._route(request)
+        client_ip = self.ip_policy.client_ip(request.peer, request.headers.get("x-forwarded-for"))
+        if not self.ip_policy.allowed(client_ip):
+            raise Forbidden(
+                "Forbidden: requests from this address are not allowed", reason="ip_denied"
+            )
+        chain = self.chains.get(chain_name)
+        if chain is None:
+            shown = f" {chain_name!r}" if _CHAIN_SHAPE.match(chain_name) else ""
+            raise UnknownChain(f"Unknown chain{shown}: use one of {', '.join(sorted(self.chains))}")
+        record = await self._authenticate(key, request.headers.get("origin"))
+        if record is not None and record.chains is not None and chain_name not in record.chains:
+            raise Forbidden(
+                f"Forbidden: this key may not use chain {chain_name!r}", reason="chain_not_allowed"
+            )
+        key_hash = self.verifier.hash_of(key) if key is not None else None
+        if key_hash is not None:
+            limit = self.config.ws.max_connections_per_key
+            if len(self._sessions.get(key_hash, ())) >= limit:
+                raise RateLimited(
+                    f"Limit exceeded: at most {limit} open WebSockets per key",
+                    reason="ws_connections_exceeded",
+                )
+        return chain, record, key_hash
+
+    def _opened(self, session: WsSession) -> None:
+        if session.key_hash is not None:
+            self._sessions.setdefault(session.key_hash, set()).add(session)
+        session.on_close.append(self._closed)
+        self.metrics.ws_sessions.inc((session.chain.name,))
+
+    def _closed(self, session: WsSession) -> None:
+        if session.key_hash is not None:
+            sessions = self._sessions.get(session.key_hash)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self._sessions[session.key_hash]
+
+    def _key_changed(self, key_hash: str) -> None:
+        """A key changed (revoked, disabled, rotated, ...): its sockets check it again."""
+        sessions = self._sessions.get(key_hash)
+        if sessions:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.create_task(self._recheck(key_hash, list(sessions)))
+
+    async def _recheck(self, key_hash: str, sessions: list[WsSession]) -> None:
+        for session in sessions:
+            key = session.key
+            if key is None:
+                continue
+            try:
+                self.verifier.check(key) or await self.verifier.verify(key)
+            except KeyDenied:
+                session.close(1008, "the API key is no longer valid")
+            except KeyStoreDown:
+                pass
+
+    async def _keepalive(self, session: WsSession) -> None:
+        settings = self.config.ws
+        while not session.closed:
+            await asyncio.sleep(min(settings.ping_interval, settings.idle_timeout))
+            if time.monotonic() - session.last_active > settings.idle_timeout:
+                session.close(1001, "idle")
+                return
+            session.ping()
+
     # --- CORS, health ----------------------------------------------------------------------
 
     async def _preflight(self, request: Request) -> Response:
@@ -987,6 +1080,71 @@ class Gateway:
             )
         except Exception:  # telemetry must never break a request
             log.exception("telemetry sink failed")
+
+
+_SUBSCRIPTION_METHODS = frozenset({"eth_subscribe", "eth_unsubscribe"})
+
+
+class _Admission:
+    """A WebSocket between its handshake and its admission: holds what the client sends until
+    the key is checked, then becomes a session (or answers the refusal and closes)."""
+
+    def __init__(
+        self, gateway: Gateway, request: Request, transport: Any, answer: bytes, rest: bytes
+    ) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.transport = transport
+        self.buffer = [rest] if rest else []
+        self.session: WsSession | None = None
+        self.lost = False
+        loop = gateway._loop or asyncio.get_running_loop()
+        self.task = loop.create_task(self._admit(answer))
+
+    async def _admit(self, answer: bytes) -> None:
+        gateway = self.gateway
+        try:
+            chain, record, key_hash = await gateway._admit_ws(self.request)
+        except GatewayError as error:
+            if not self.lost:
+                response = Response(error.status, error.body(), error.headers)
+                self.transport.write(_encode_refusal(response))
+                self.transport.close()
+            return
+        if self.lost:
+            return
+        self.transport.write(answer)
+        session = WsSession(gateway, self.request, self.transport, chain, record, key_hash)
+        session.key = gateway._route(self.request)[1]
+        self.session = session
+        gateway._opened(session)
+        session._spawn(gateway._keepalive(session))
+        for data in self.buffer:
+            session.data_received(data)
+        self.buffer.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+        else:
+            self.buffer.append(data)
+
+    def eof_received(self) -> None:
+        if self.session is not None:
+            self.session.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.session is not None:
+            self.session.connection_lost(exc)
+        elif not self.task.done():
+            self.task.cancel()
+
+
+def _encode_refusal(response: Response) -> bytes:
+    from hoodrun.gateway.http import _encode
+
+    return _encode(response, False)
 
 
 def _span_kinds() -> tuple[Any, Any]:

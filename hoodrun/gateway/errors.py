@@ -8,6 +8,7 @@
     ├── Unauthorized                401  -32016  key_missing / key_invalid / key_revoked / ...
     ├── Forbidden                   403  -32016  chain_not_allowed / origin_not_allowed / ip_denied
     │   └── MethodNotAllowed        403  -32004  method_not_allowed
+    ├── NeedsWebSocket              400  -32601  use_websocket (eth_subscribe over HTTP)
     ├── UnknownChain                404  -32001  unknown_chain
     ├── NotFound                    404  -32601  not_found (a path the gateway does not serve)
     ├── MethodNotPost               405  -32600  use_post
@@ -38,6 +39,7 @@ __all__ = [
     "LimitExceeded",
     "MethodNotAllowed",
     "MethodNotPost",
+    "NeedsWebSocket",
     "NotFound",
     "ParseError",
     "RateLimited",
@@ -126,6 +128,12 @@ class MethodNotAllowed(Forbidden):
     """Method not allowed on this key's plan."""
 
     code, default_reason = -32004, "method_not_allowed"
+
+
+class NeedsWebSocket(GatewayError):
+    """Subscriptions need a WebSocket."""
+
+    status, code, default_reason = 400, -32601, "use_websocket"
 
 
 class UnknownChain(GatewayError):

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -75,6 +75,20 @@ Handler = Callable[[Request], Awaitable[Response]]
 Fallback = Callable[[int, bytes], Response]  # (status, message) -> response for protocol errors
 
 
+class Upgraded(Protocol):
+    """What takes over a connection after an HTTP upgrade (a WebSocket session)."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def eof_received(self) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+# (request, transport, bytes after the request) -> the new protocol, or a refusal to send.
+UpgradeHandler = Callable[[Request, asyncio.Transport, bytes], "Upgraded | Response"]
+
+
 def _encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:
     status = response.status
     parts = [
@@ -110,6 +124,7 @@ class _Connection(asyncio.Protocol):
         "_queue",
         "_server",
         "_size",
+        "_upgrade",
         "_url",
         "_write_paused",
         "last_active",
@@ -118,6 +133,7 @@ class _Connection(asyncio.Protocol):
         "request_started",
         "task",
         "transport",
+        "upgraded",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -142,6 +158,8 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.mid_request = False
         self.task: asyncio.Task[None] | None = None
+        self._upgrade: Request | None = None  # an upgrade request waiting for its bytes
+        self.upgraded: Upgraded | None = None  # the protocol that took the connection over
 
     # --- transport callbacks ---------------------------------------------------------------
 
@@ -153,19 +171,35 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.upgraded is not None:
+            self.upgraded.connection_lost(exc)
         if self.task is None:  # else _run removes it when the request is done
             self._server.connections.discard(self)
         self.transport = None
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.data_received(data)
+            return
         if self._failure is not None:
             return  # the stream is broken; the error goes out after the answers before it
         self.last_active = time.monotonic()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, b"Bad Request: protocol upgrade is not supported on this endpoint")
+        except httptools.HttpParserUpgrade as upgrade:
+            request, self._upgrade = self._upgrade, None
+            handler = self._server.upgrade
+            if request is None or handler is None or self.transport is None or self._busy:
+                self._fail(400, b"Bad Request: protocol upgrade is not supported here")
+                return
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            outcome = handler(request, self.transport, data[offset:])
+            if isinstance(outcome, Response):
+                self.transport.write(_encode(outcome, False))
+                self._close()
+                return
+            self.upgraded = outcome
         except httptools.HttpParserError:
             self._fail(400, b"Bad Request: malformed HTTP")
 
@@ -181,6 +215,9 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client closed its sending side: answer what it sent, then close."""
+        if self.upgraded is not None:
+            self.upgraded.eof_received()
+            return None
         if self._busy or self._queue:
             self._eof = True
             return True  # keep the transport open for the answers
@@ -238,6 +275,7 @@ class _Connection(asyncio.Protocol):
         self.mid_request = False
         if self._closing or self._failure is not None:
             return
+        upgrade = self._server.upgrade is not None and self._parser.should_upgrade()
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
         request = Request(
@@ -250,6 +288,9 @@ class _Connection(asyncio.Protocol):
             self._parser.should_keep_alive() and not self._server.stopping,
             time.monotonic(),
         )
+        if upgrade:  # handed over in data_received, with the bytes that follow it
+            self._upgrade = request
+            return
         if self._busy:
             self._queue.append(request)
             if len(self._queue) > 64 and self.transport is not None:
@@ -323,6 +364,10 @@ class _Connection(asyncio.Protocol):
 
     def close_if_idle(self, now: float) -> None:
         server = self._server
+        if self.upgraded is not None:  # the session keeps its own timers
+            if server.stopping:
+                self._close()
+            return
         if self._busy or self._queue:
             return
         if self.mid_request:
@@ -346,8 +391,10 @@ class HttpServer:
         keepalive_timeout: float = 75.0,
         header_timeout: float = 30.0,
         log_exception: Callable[[str], None] | None = None,
+        upgrade: UpgradeHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.upgrade = upgrade
         self.fallback = fallback
         self.max_body = max_body
         self.keepalive_timeout = keepalive_timeout

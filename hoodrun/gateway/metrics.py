@@ -182,6 +182,9 @@ class GatewayMetrics:
         self.cache_lookups = _Counter(
             "hoodrun_cache_lookups", "Response cache lookups (hit, miss)", ("chain", "result")
         )
+        self.ws_sessions = _Counter(
+            "hoodrun_ws_sessions", "WebSocket connections opened", ("chain",)
+        )
         self.hedges = _Counter(
             "hoodrun_hedged_requests", "Reads also sent to a second upstream", ("chain",)
         )
@@ -207,6 +210,7 @@ class GatewayMetrics:
                     self.coalesced,
                     self.hedges,
                     self.hedge_wins,
+                    self.ws_sessions,
                 ]
             )
         )

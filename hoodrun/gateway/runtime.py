@@ -163,6 +163,7 @@ class GatewayRuntime:
             gateway.fallback,
             max_body=config.gateway.max_body_bytes,
             log_exception=lambda message: log.exception(message),
+            upgrade=gateway.ws_upgrade if config.ws.enabled else None,
         )
         host, port = parse_listen(config.listen)
         self.port = await server.serve(

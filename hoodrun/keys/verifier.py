@@ -67,6 +67,8 @@ class KeyVerifier:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[_Entry]] = {}
         self._hashes: dict[str, str] = {}
+        # Called with the key hash on every purge (the gateway re-checks that key's sockets).
+        self.on_purge: list[Callable[[str], None]] = []
         self._unknown: dict[str, _Entry] = {}
         self.degraded = False  # the last lookup failed: serving from stale entries
         self.hits = 0
@@ -84,9 +86,15 @@ class KeyVerifier:
             key_hash = self._hashes[key] = hash_key(key)
         return key_hash
 
+    def hash_of(self, key: str) -> str:
+        """The stored form of ``key`` (memoized)."""
+        return self._hash(key)
+
     def purge(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)
         self._unknown.pop(key_hash, None)
+        for listener in self.on_purge:
+            listener(key_hash)
 
     def clear(self) -> None:
         self._entries.clear()

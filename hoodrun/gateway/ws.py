@@ -1,0 +1,428 @@
+"""JSON-RPC over WebSocket at ``GET /{chain}/v1/{KEY}`` (and the host form), with subscriptions.
+
+The handshake is checked like an HTTP call (route, address, chain, key, the key's chains and
+origins) before the connection is upgraded; a refusal is the same JSON-RPC error with its HTTP
+status. After it, every message goes through the HTTP pipeline as if POSTed (``Gateway.handle``):
+the key is checked again (from cache), limits count each call, telemetry records each one.
+
+``eth_subscribe`` / ``eth_unsubscribe`` are answered by the session (``WsSession.subscribe``):
+it holds one WebSocket to a healthy upstream per chain and gives the client ids of its own. If
+that upstream connection drops, the session connects to another healthy upstream and subscribes
+again; the client keeps its ids. ``newHeads`` never repeats a head after a switch and fills a
+gap with the blocks it missed (fetched over HTTP, without their transaction lists).
+Notifications go to the telemetry sink (method ``eth_subscription``, sized).
+
+Frames are handled by ``websockets``' sans-I/O protocol on the server's own transport (pings are
+answered by it); the upstream side uses ``websockets``' asyncio client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+
+from hoodrun.gateway.errors import error_object
+from hoodrun.gateway.http import Request, Response
+from hoodrun.telemetry.sink import RequestRecord
+
+if TYPE_CHECKING:
+    from hoodrun.gateway.app import Gateway
+    from hoodrun.gateway.chain import ChainState
+    from hoodrun.gateway.jsonrpc import Call
+    from hoodrun.keys.record import KeyRecord
+
+__all__ = ["CURRENT_SESSION", "WsSession", "handshake_answer"]
+
+log = logging.getLogger("hoodrun.gateway")
+
+# The session whose message is being handled: the pipeline hands it eth_subscribe calls.
+CURRENT_SESSION: ContextVar[WsSession | None] = ContextVar("hoodrun_ws_session", default=None)
+
+KINDS = frozenset({"newHeads", "logs", "newPendingTransactions"})
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def handshake_answer(request: Request) -> bytes | str:
+    """The 101 answer to a valid WebSocket handshake, or what is wrong with it."""
+    headers = request.headers
+    if request.method != "GET":
+        return "a WebSocket handshake is a GET"
+    if "websocket" not in headers.get("upgrade", "").lower():
+        return "Upgrade: websocket is missing"
+    if headers.get("sec-websocket-version") != "13":
+        return "Sec-WebSocket-Version must be 13"
+    key = headers.get("sec-websocket-key", "")
+    if len(key) < 16:
+        return "Sec-WebSocket-Key is missing"
+    accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest())  # noqa: S324 (RFC 6455)
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+        b"sec-websocket-accept: " + accept + b"\r\n\r\n"
+    )
+
+
+@dataclass
+class _Sub:
+    kind: str
+    params: list[Any]
+    upstream_id: str | None = None
+    last_head: int | None = None  # newHeads: the last block number delivered
+
+
+@dataclass
+class _Upstream:
+    """One WebSocket to one upstream node, for the subscriptions of one session and chain."""
+
+    name: str
+    socket: Any
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)  # upstream sub id -> client sub id
+    reader: asyncio.Task[None] | None = None
+    next_id: int = 1
+
+    async def request(self, method: str, params: list[Any], timeout: float) -> Any:
+        ident = self.next_id
+        self.next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[ident] = future
+        try:
+            await self.socket.send(
+                orjson.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
+            )
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.pending.pop(ident, None)
+
+
+class WsSession:
+    """One client WebSocket. The server hands it the connection after the handshake."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: Request,
+        transport: Any,
+        chain: ChainState,
+        record: KeyRecord | None,
+        key_hash: str | None,
+    ) -> None:
+        settings = gateway.config.ws
+        self.gateway = gateway
+        self.request = request
+        self.transport = transport
+        self.chain = chain
+        self.record = record
+        self.key_hash = key_hash
+        self.key: str | None = None  # to check again when the key changes
+        self.protocol = Protocol(Side.SERVER, max_size=settings.max_message_bytes)
+        self.subs: dict[str, _Sub] = {}
+        self.upstream: _Upstream | None = None
+        self._switching: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        self.last_active = time.monotonic()
+        self.on_close: list[Callable[[WsSession], None]] = []
+
+    # --- frames ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        self.protocol.receive_data(data)
+        for frame in self.protocol.events_received():
+            if isinstance(frame, Frame) and frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                self._spawn(self._message(bytes(frame.data)))
+        self._flush()
+        if self.protocol.state is State.CLOSED or self.protocol.close_expected():
+            self._finish()
+
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def send(self, payload: bytes) -> None:
+        if self.closed or self.protocol.state is not State.OPEN:
+            return
+        self.protocol.send_text(payload)
+        self._flush()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+        self._finish()
+
+    def ping(self) -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_ping(secrets.token_bytes(4))
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        for task in self._tasks:
+            task.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            asyncio.get_running_loop().create_task(self._drop(upstream))
+        for callback in self.on_close:
+            callback(self)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _message(self, body: bytes) -> None:
+        """One client message through the HTTP pipeline (keys, scopes, limits, telemetry)."""
+        CURRENT_SESSION.set(self)
+        request = self.request
+        as_post = Request(
+            "POST", request.path, request.query, request.headers, body, request.peer, True,
+            time.monotonic(),
+        )  # fmt: skip
+        try:
+            response = await self.gateway.handle(as_post)
+        except Exception:
+            log.exception("unhandled error in a WebSocket message")
+            response = Response(500, orjson.dumps(error_object(-32603, "Internal error")))
+        if response.body:
+            self.send(response.body)
+        if response.status == 401:  # the key died meanwhile: the socket goes with it
+            self.close(1008, "the API key is no longer valid")
+
+    # --- subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(self, call: Call) -> Response:
+        params = call.obj.get("params")
+        if not isinstance(params, list) or not params or params[0] not in KINDS:
+            return _error(call, -32602, "Invalid params: subscribe to " + ", ".join(sorted(KINDS)))
+        limit = self.gateway.config.ws.max_subscriptions
+        if len(self.subs) >= limit:
+            return _error(
+                call, -32005, f"Limit exceeded: at most {limit} subscriptions per connection",
+                "subscriptions_exceeded",
+            )  # fmt: skip
+        sub = _Sub(params[0], params)
+        client_id = "0x" + secrets.token_hex(16)
+        try:
+            upstream = await self._upstream()
+            sub.upstream_id = await upstream.request(
+                "eth_subscribe", params, self.gateway.config.gateway.upstream_timeout
+            )
+        except Exception as exc:  # noqa: BLE001 (an upstream failure of any kind)
+            log.warning("chain %s: subscription failed: %s", self.chain.name, exc)
+            return _error(
+                call, -32002, f"Service unavailable: no node of chain {self.chain.name!r} took "
+                "the subscription; retry shortly", "no_healthy_upstream", status=503,
+            )  # fmt: skip
+        if not isinstance(sub.upstream_id, str):
+            return _error(call, -32603, "Upstream error: the node refused the subscription")
+        self.subs[client_id] = sub
+        upstream.routes[sub.upstream_id] = client_id
+        return _result(call, client_id)
+
+    async def unsubscribe(self, call: Call) -> Response:
+        params = call.obj.get("params")
+        client_id = params[0] if isinstance(params, list) and params else None
+        sub = self.subs.pop(client_id, None) if isinstance(client_id, str) else None
+        if sub is None:
+            return _result(call, False)
+        upstream = self.upstream
+        if upstream is not None and sub.upstream_id is not None:
+            upstream.routes.pop(sub.upstream_id, None)
+            with contextlib.suppress(Exception):
+                await upstream.request("eth_unsubscribe", [sub.upstream_id], 2.0)
+        return _result(call, True)
+
+    async def _upstream(self) -> _Upstream:
+        if self.upstream is not None:
+            return self.upstream
+        if self._switching is None:
+            self._switching = asyncio.Lock()
+        async with self._switching:
+            if self.upstream is None:
+                self.upstream = await self._connect(exclude=())
+            return self.upstream
+
+    async def _connect(self, exclude: tuple[str, ...]) -> _Upstream:
+        """A WebSocket to the best healthy upstream not in ``exclude`` (any if none other)."""
+        from websockets.asyncio.client import connect
+
+        pool = self.chain.pool
+        candidates = sorted(
+            (up for up in pool.upstreams if up.healthy),
+            key=lambda up: (up.name in exclude, up.score()),
+        )
+        if not candidates:
+            raise ConnectionError(f"no healthy upstream for chain {self.chain.name!r}")
+        failure: Exception | None = None
+        for up in candidates:
+            url = up.config.ws_url or "ws" + up.url.removeprefix("http")
+            try:
+                socket = await asyncio.wait_for(connect(url, max_size=None), 5.0)
+            except Exception as exc:  # noqa: BLE001 (try the next node)
+                failure = exc
+                continue
+            upstream = _Upstream(up.name, socket)
+            upstream.reader = asyncio.get_running_loop().create_task(self._read(upstream))
+            return upstream
+        raise ConnectionError(f"no upstream WebSocket of chain {self.chain.name!r}: {failure}")
+
+    async def _read(self, upstream: _Upstream) -> None:
+        try:
+            async for raw in upstream.socket:
+                message = orjson.loads(raw)
+                if not isinstance(message, dict):
+                    continue
+                if message.get("method") == "eth_subscription":
+                    params = message.get("params") or {}
+                    client_id = upstream.routes.get(str(params.get("subscription")))
+                    if client_id is not None:
+                        await self._notify(client_id, params.get("result"))
+                    continue
+                future = upstream.pending.get(message.get("id"))  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    if "error" in message:
+                        future.set_exception(RuntimeError(str(message["error"])))
+                    else:
+                        future.set_result(message.get("result"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the connection dropped)
+            log.info("chain %s: upstream WebSocket %s dropped: %s", self.chain.name,
+                     upstream.name, exc)  # fmt: skip
+        if not self.closed and self.upstream is upstream:
+            self._spawn(self._switch(upstream))
+
+    async def _switch(self, failed: _Upstream) -> None:
+        """The upstream connection dropped: subscribe again elsewhere, same client ids."""
+        delay = 0.1
+        while not self.closed and self.subs:
+            try:
+                upstream = await self._connect(exclude=(failed.name,))
+                for client_id, sub in list(self.subs.items()):
+                    sub.upstream_id = await upstream.request(
+                        "eth_subscribe", sub.params, self.gateway.config.gateway.upstream_timeout
+                    )
+                    upstream.routes[sub.upstream_id] = client_id
+            except Exception as exc:  # noqa: BLE001 (try again, backing off)
+                log.warning("chain %s: resubscribing failed: %s", self.chain.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.upstream = upstream
+            log.info("chain %s: subscriptions moved to %s", self.chain.name, upstream.name)
+            return
+        if not self.subs:
+            self.upstream = None
+
+    async def _notify(self, client_id: str, result: Any) -> None:
+        sub = self.subs.get(client_id)
+        if sub is None:
+            return
+        if sub.kind == "newHeads" and isinstance(result, dict):
+            number = _quantity(result.get("number"))
+            if number is not None and sub.last_head is not None:
+                if number <= sub.last_head:
+                    return  # seen before the switch
+                for missing in range(sub.last_head + 1, number):  # a gap across the switch
+                    block = await self._block(missing)
+                    if block is not None:
+                        self._deliver(client_id, block)
+            if number is not None:
+                sub.last_head = number
+        self._deliver(client_id, result)
+
+    def _deliver(self, client_id: str, result: Any) -> None:
+        payload = orjson.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "eth_subscription",
+                "params": {"subscription": client_id, "result": result},
+            }
+        )
+        self.send(payload)
+        self._record(len(payload))
+
+    async def _block(self, number: int) -> Any:
+        body = orjson.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber",
+             "params": [hex(number), False]}
+        )  # fmt: skip
+        try:
+            reply = await self.chain.pool.call(body, deadline=asyncio.get_running_loop().time() + 5)
+        except Exception:  # noqa: BLE001 (the gap stays: better than a stuck stream)
+            return None
+        block = orjson.loads(reply.body).get("result")
+        if isinstance(block, dict):
+            for detail in ("transactions", "uncles", "size", "totalDifficulty"):
+                block.pop(detail, None)
+        return block
+
+    def _record(self, size: int) -> None:
+        record = self.record
+        with contextlib.suppress(Exception):
+            self.gateway.sink.emit(
+                RequestRecord(
+                    ts=time.time(), chain=self.chain.name, method="eth_subscription",
+                    methods=("eth_subscription",), calls=1, status=200, reason=None,
+                    key_id=record.id if record else None,
+                    org_id=record.org_id if record else None,
+                    project_id=record.project_id if record else None,
+                    client_ip=self.request.peer, latency=0.0, upstream=None,
+                    upstream_latency=None, attempts=0, bytes_in=0, bytes_out=size,
+                    request_id=self.gateway.new_request_id(),
+                )
+            )  # fmt: skip
+
+    async def _drop(self, upstream: _Upstream) -> None:
+        if upstream.reader is not None:
+            upstream.reader.cancel()
+        with contextlib.suppress(Exception):
+            await upstream.socket.close()
+
+
+def _quantity(value: Any) -> int | None:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _result(call: Call, result: Any) -> Response:
+    return Response(200, orjson.dumps({"jsonrpc": "2.0", "id": call.id, "result": result}))
+
+
+def _error(
+    call: Call, code: int, message: str, reason: str | None = None, status: int = 200
+) -> Response:
+    data = {"reason": reason} if reason else None
+    return Response(status, orjson.dumps(error_object(code, message, call.id, data)))
