@@ -126,6 +126,7 @@ def start_gateway(
     workers: int,
     telemetry: bool = True,
     cache: bool = False,
+    extra: str = "",
 ) -> tuple[list[subprocess.Popen[bytes]], int, str]:
     port = free_port()
     tmp = tmp / f"gateway-{port}"
@@ -152,6 +153,7 @@ plans:
   - name: bench
     rate: {{rps: 10000000, burst: 10000000}}
 default_plan: bench
+{extra}
 """)
     env = {**os.environ, "HOODRUN_CONFIG": str(cfg)}
     created = subprocess.run(

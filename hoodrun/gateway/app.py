@@ -45,7 +45,7 @@ from hoodrun.gateway.http import Request, Response
 from hoodrun.gateway.jsonrpc import Call, parse_body
 from hoodrun.gateway.metrics import GatewayMetrics
 from hoodrun.gateway.policy import Policy
-from hoodrun.gateway.ws import CURRENT_SESSION, WsSession, handshake_answer
+from hoodrun.gateway.ws import CURRENT_SESSION, SubscriptionHub, WsSession, handshake_answer
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
@@ -153,6 +153,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_id = self.new_request_id = _request_ids()
         self._sessions: dict[str, set[WsSession]] = {}  # open WebSockets by key hash
+        self._hubs: dict[str, SubscriptionHub] = {}
         verifier.on_purge.append(self._key_changed)
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
         settings = config.cache
@@ -912,6 +913,23 @@ class Gateway:
                     reason="ws_connections_exceeded",
                 )
         return chain, record, key_hash
+
+    def hub(self, chain: ChainState) -> SubscriptionHub:
+        """The chain's subscriptions, shared by every socket (made on first use)."""
+        hub = self._hubs.get(chain.name)
+        if hub is None:
+            hub = self._hubs[chain.name] = SubscriptionHub(
+                chain, self.config.gateway.upstream_timeout
+            )
+        return hub
+
+    async def aclose(self) -> None:
+        """Close every socket and upstream subscription."""
+        for sessions in list(self._sessions.values()):
+            for session in list(sessions):
+                session.close(1001, "the gateway is stopping")
+        for hub in self._hubs.values():
+            await hub.aclose()
 
     def _opened(self, session: WsSession) -> None:
         if session.key_hash is not None:

@@ -158,6 +158,7 @@ class GatewayRuntime:
             readiness=readiness,
             tracer=tracer,
         )
+        stack.push_async_callback(gateway.aclose)  # after the server stopped: sockets, hubs
         server = HttpServer(
             gateway.handle,
             gateway.fallback,

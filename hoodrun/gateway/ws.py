@@ -6,10 +6,11 @@ status. After it, every message goes through the HTTP pipeline as if POSTed (``G
 the key is checked again (from cache), limits count each call, telemetry records each one.
 
 ``eth_subscribe`` / ``eth_unsubscribe`` are answered by the session (``WsSession.subscribe``):
-it holds one WebSocket to a healthy upstream per chain and gives the client ids of its own. If
-that upstream connection drops, the session connects to another healthy upstream and subscribes
-again; the client keeps its ids. ``newHeads`` never repeats a head after a switch and fills a
-gap with the blocks it missed (fetched over HTTP, without their transaction lists).
+the chain's ``SubscriptionHub`` holds one WebSocket to a healthy upstream and one upstream
+subscription per distinct params, fanned out to every client that asked for it (under ids of the
+gateway's own). If that upstream connection drops, the hub connects to another healthy upstream
+and subscribes again; clients keep their ids. ``newHeads`` never repeats a head after a switch
+and fills a gap with the blocks it missed (fetched over HTTP, without their transaction lists).
 Notifications go to the telemetry sink (method ``eth_subscription``, sized).
 
 Frames are handled by ``websockets``' sans-I/O protocol on the server's own transport (pings are
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from hoodrun.gateway.jsonrpc import Call
     from hoodrun.keys.record import KeyRecord
 
-__all__ = ["CURRENT_SESSION", "WsSession", "handshake_answer"]
+__all__ = ["CURRENT_SESSION", "SubscriptionHub", "WsSession", "handshake_answer"]
 
 log = logging.getLogger("hoodrun.gateway")
 
@@ -75,21 +76,13 @@ def handshake_answer(request: Request) -> bytes | str:
 
 
 @dataclass
-class _Sub:
-    kind: str
-    params: list[Any]
-    upstream_id: str | None = None
-    last_head: int | None = None  # newHeads: the last block number delivered
-
-
-@dataclass
 class _Upstream:
     """One WebSocket to one upstream node, for the subscriptions of one session and chain."""
 
     name: str
     socket: Any
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
-    routes: dict[str, str] = field(default_factory=dict)  # upstream sub id -> client sub id
+    routes: dict[str, str] = field(default_factory=dict)  # upstream sub id -> topic key
     reader: asyncio.Task[None] | None = None
     next_id: int = 1
 
@@ -128,9 +121,7 @@ class WsSession:
         self.key_hash = key_hash
         self.key: str | None = None  # to check again when the key changes
         self.protocol = Protocol(Side.SERVER, max_size=settings.max_message_bytes)
-        self.subs: dict[str, _Sub] = {}
-        self.upstream: _Upstream | None = None
-        self._switching: asyncio.Lock | None = None
+        self.subs: dict[str, _Topic] = {}  # client subscription id -> topic
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self.last_active = time.monotonic()
@@ -187,9 +178,8 @@ class WsSession:
             self.transport.close()
         for task in self._tasks:
             task.cancel()
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            asyncio.get_running_loop().create_task(self._drop(upstream))
+        if self.subs:
+            self.gateway.hub(self.chain).forget(self)
         for callback in self.on_close:
             callback(self)
 
@@ -228,55 +218,130 @@ class WsSession:
                 call, -32005, f"Limit exceeded: at most {limit} subscriptions per connection",
                 "subscriptions_exceeded",
             )  # fmt: skip
-        sub = _Sub(params[0], params)
         client_id = "0x" + secrets.token_hex(16)
         try:
-            upstream = await self._upstream()
-            sub.upstream_id = await upstream.request(
-                "eth_subscribe", params, self.gateway.config.gateway.upstream_timeout
-            )
+            topic = await self.gateway.hub(self.chain).subscribe(self, client_id, params)
         except Exception as exc:  # noqa: BLE001 (an upstream failure of any kind)
             log.warning("chain %s: subscription failed: %s", self.chain.name, exc)
             return _error(
                 call, -32002, f"Service unavailable: no node of chain {self.chain.name!r} took "
                 "the subscription; retry shortly", "no_healthy_upstream", status=503,
             )  # fmt: skip
-        if not isinstance(sub.upstream_id, str):
-            return _error(call, -32603, "Upstream error: the node refused the subscription")
-        self.subs[client_id] = sub
-        upstream.routes[sub.upstream_id] = client_id
+        self.subs[client_id] = topic
         return _result(call, client_id)
 
     async def unsubscribe(self, call: Call) -> Response:
         params = call.obj.get("params")
         client_id = params[0] if isinstance(params, list) and params else None
-        sub = self.subs.pop(client_id, None) if isinstance(client_id, str) else None
-        if sub is None:
+        topic = self.subs.pop(client_id, None) if isinstance(client_id, str) else None
+        if topic is None or not isinstance(client_id, str):
             return _result(call, False)
-        upstream = self.upstream
-        if upstream is not None and sub.upstream_id is not None:
-            upstream.routes.pop(sub.upstream_id, None)
-            with contextlib.suppress(Exception):
-                await upstream.request("eth_unsubscribe", [sub.upstream_id], 2.0)
+        await self.gateway.hub(self.chain).unsubscribe(client_id, topic)
         return _result(call, True)
 
-    async def _upstream(self) -> _Upstream:
-        if self.upstream is not None:
-            return self.upstream
-        if self._switching is None:
-            self._switching = asyncio.Lock()
-        async with self._switching:
-            if self.upstream is None:
-                self.upstream = await self._connect(exclude=())
-            return self.upstream
+    def deliver(self, client_id: str, result: Any) -> None:
+        payload = orjson.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "eth_subscription",
+                "params": {"subscription": client_id, "result": result},
+            }
+        )
+        self.send(payload)
+        self._record(len(payload))
+
+    def _record(self, size: int) -> None:
+        record = self.record
+        with contextlib.suppress(Exception):
+            self.gateway.sink.emit(
+                RequestRecord(
+                    ts=time.time(), chain=self.chain.name, method="eth_subscription",
+                    methods=("eth_subscription",), calls=1, status=200, reason=None,
+                    key_id=record.id if record else None,
+                    org_id=record.org_id if record else None,
+                    project_id=record.project_id if record else None,
+                    client_ip=self.request.peer, latency=0.0, upstream=None,
+                    upstream_latency=None, attempts=0, bytes_in=0, bytes_out=size,
+                    request_id=self.gateway.new_request_id(),
+                )
+            )  # fmt: skip
+
+
+@dataclass
+class _Topic:
+    """One upstream subscription, shared by every client subscribed with the same params."""
+
+    key: str
+    params: list[Any]
+    subscribers: dict[str, WsSession] = field(default_factory=dict)  # client id -> session
+    upstream_id: str | None = None
+    last_head: int | None = None  # newHeads: the last block number delivered
+
+
+class SubscriptionHub:
+    """A chain's subscriptions: one WebSocket to one healthy upstream, one upstream
+    subscription per distinct params, fanned out to every client that asked for it. When the
+    upstream socket drops, every subscription moves to another healthy upstream."""
+
+    def __init__(self, chain: ChainState, timeout: float) -> None:
+        self.chain = chain
+        self.timeout = timeout
+        self.topics: dict[str, _Topic] = {}
+        self.upstream: _Upstream | None = None
+        self._lock = asyncio.Lock()
+        self._switching: asyncio.Task[None] | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(topic.subscribers) for topic in self.topics.values())
+
+    async def subscribe(self, session: WsSession, client_id: str, params: list[Any]) -> _Topic:
+        key = orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
+        async with self._lock:
+            topic = self.topics.get(key)
+            if topic is None:
+                topic = _Topic(key, params)
+                upstream = await self._connected()
+                topic.upstream_id = await upstream.request("eth_subscribe", params, self.timeout)
+                if not isinstance(topic.upstream_id, str):
+                    raise RuntimeError(f"the node answered {topic.upstream_id!r}")
+                upstream.routes[topic.upstream_id] = key
+                self.topics[key] = topic
+            topic.subscribers[client_id] = session
+            return topic
+
+    async def unsubscribe(self, client_id: str, topic: _Topic) -> None:
+        async with self._lock:
+            topic.subscribers.pop(client_id, None)
+            if topic.subscribers or self.topics.get(topic.key) is not topic:
+                return
+            del self.topics[topic.key]
+            upstream = self.upstream
+            if upstream is not None and topic.upstream_id is not None:
+                upstream.routes.pop(topic.upstream_id, None)
+                with contextlib.suppress(Exception):
+                    await upstream.request("eth_unsubscribe", [topic.upstream_id], 2.0)
+            if not self.topics and upstream is not None:
+                self.upstream = None
+                await _drop(upstream)
+
+    def forget(self, session: WsSession) -> None:
+        """A socket closed: its subscriptions go (the upstream ones with their last client)."""
+        for client_id, topic in list(session.subs.items()):
+            asyncio.get_running_loop().create_task(self.unsubscribe(client_id, topic))
+        session.subs.clear()
+
+    async def _connected(self) -> _Upstream:
+        if self.upstream is None:
+            self.upstream = await self._connect(exclude=())
+        return self.upstream
 
     async def _connect(self, exclude: tuple[str, ...]) -> _Upstream:
         """A WebSocket to the best healthy upstream not in ``exclude`` (any if none other)."""
         from websockets.asyncio.client import connect
 
-        pool = self.chain.pool
         candidates = sorted(
-            (up for up in pool.upstreams if up.healthy),
+            (up for up in self.chain.pool.upstreams if up.healthy),
             key=lambda up: (up.name in exclude, up.score()),
         )
         if not candidates:
@@ -302,9 +367,10 @@ class WsSession:
                     continue
                 if message.get("method") == "eth_subscription":
                     params = message.get("params") or {}
-                    client_id = upstream.routes.get(str(params.get("subscription")))
-                    if client_id is not None:
-                        await self._notify(client_id, params.get("result"))
+                    key = upstream.routes.get(str(params.get("subscription")))
+                    topic = self.topics.get(key) if key is not None else None
+                    if topic is not None:
+                        await self._notify(topic, params.get("result"))
                     continue
                 future = upstream.pending.get(message.get("id"))  # type: ignore[arg-type]
                 if future is not None and not future.done():
@@ -317,58 +383,53 @@ class WsSession:
         except Exception as exc:  # noqa: BLE001 (the connection dropped)
             log.info("chain %s: upstream WebSocket %s dropped: %s", self.chain.name,
                      upstream.name, exc)  # fmt: skip
-        if not self.closed and self.upstream is upstream:
-            self._spawn(self._switch(upstream))
+        for future in upstream.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the upstream WebSocket closed"))
+        if self.upstream is upstream:
+            self.upstream = None
+            if self.topics:
+                self._switching = asyncio.get_running_loop().create_task(self._switch(upstream))
 
     async def _switch(self, failed: _Upstream) -> None:
-        """The upstream connection dropped: subscribe again elsewhere, same client ids."""
+        """Subscribe again elsewhere; clients keep their ids."""
         delay = 0.1
-        while not self.closed and self.subs:
-            try:
-                upstream = await self._connect(exclude=(failed.name,))
-                for client_id, sub in list(self.subs.items()):
-                    sub.upstream_id = await upstream.request(
-                        "eth_subscribe", sub.params, self.gateway.config.gateway.upstream_timeout
-                    )
-                    upstream.routes[sub.upstream_id] = client_id
-            except Exception as exc:  # noqa: BLE001 (try again, backing off)
-                log.warning("chain %s: resubscribing failed: %s", self.chain.name, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.upstream = upstream
-            log.info("chain %s: subscriptions moved to %s", self.chain.name, upstream.name)
-            return
-        if not self.subs:
-            self.upstream = None
+        while self.topics:
+            async with self._lock:
+                try:
+                    upstream = await self._connect(exclude=(failed.name,))
+                    for key, topic in list(self.topics.items()):
+                        topic.upstream_id = await upstream.request(
+                            "eth_subscribe", topic.params, self.timeout
+                        )
+                        upstream.routes[topic.upstream_id] = key
+                except Exception as exc:  # noqa: BLE001 (try again, backing off)
+                    log.warning("chain %s: resubscribing failed: %s", self.chain.name, exc)
+                else:
+                    self.upstream = upstream
+                    log.info("chain %s: subscriptions moved to %s", self.chain.name, upstream.name)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
-    async def _notify(self, client_id: str, result: Any) -> None:
-        sub = self.subs.get(client_id)
-        if sub is None:
-            return
-        if sub.kind == "newHeads" and isinstance(result, dict):
+    async def _notify(self, topic: _Topic, result: Any) -> None:
+        if topic.params[0] == "newHeads" and isinstance(result, dict):
             number = _quantity(result.get("number"))
-            if number is not None and sub.last_head is not None:
-                if number <= sub.last_head:
-                    return  # seen before the switch
-                for missing in range(sub.last_head + 1, number):  # a gap across the switch
+            if number is not None and topic.last_head is not None:
+                if number <= topic.last_head:
+                    return  # delivered before the switch
+                for missing in range(topic.last_head + 1, number):  # a gap across the switch
                     block = await self._block(missing)
                     if block is not None:
-                        self._deliver(client_id, block)
+                        self._fan_out(topic, block)
             if number is not None:
-                sub.last_head = number
-        self._deliver(client_id, result)
+                topic.last_head = number
+        self._fan_out(topic, result)
 
-    def _deliver(self, client_id: str, result: Any) -> None:
-        payload = orjson.dumps(
-            {
-                "jsonrpc": "2.0",
-                "method": "eth_subscription",
-                "params": {"subscription": client_id, "result": result},
-            }
-        )
-        self.send(payload)
-        self._record(len(payload))
+    @staticmethod
+    def _fan_out(topic: _Topic, result: Any) -> None:
+        for client_id, session in list(topic.subscribers.items()):
+            session.deliver(client_id, result)
 
     async def _block(self, number: int) -> Any:
         body = orjson.dumps(
@@ -385,27 +446,20 @@ class WsSession:
                 block.pop(detail, None)
         return block
 
-    def _record(self, size: int) -> None:
-        record = self.record
-        with contextlib.suppress(Exception):
-            self.gateway.sink.emit(
-                RequestRecord(
-                    ts=time.time(), chain=self.chain.name, method="eth_subscription",
-                    methods=("eth_subscription",), calls=1, status=200, reason=None,
-                    key_id=record.id if record else None,
-                    org_id=record.org_id if record else None,
-                    project_id=record.project_id if record else None,
-                    client_ip=self.request.peer, latency=0.0, upstream=None,
-                    upstream_latency=None, attempts=0, bytes_in=0, bytes_out=size,
-                    request_id=self.gateway.new_request_id(),
-                )
-            )  # fmt: skip
+    async def aclose(self) -> None:
+        if self._switching is not None:
+            self._switching.cancel()
+        upstream, self.upstream = self.upstream, None
+        self.topics.clear()
+        if upstream is not None:
+            await _drop(upstream)
 
-    async def _drop(self, upstream: _Upstream) -> None:
-        if upstream.reader is not None:
-            upstream.reader.cancel()
-        with contextlib.suppress(Exception):
-            await upstream.socket.close()
+
+async def _drop(upstream: _Upstream) -> None:
+    if upstream.reader is not None:
+        upstream.reader.cancel()
+    with contextlib.suppress(Exception):
+        await upstream.socket.close()
 
 
 def _quantity(value: Any) -> int | None:

@@ -94,14 +94,16 @@ def test_a_subscription_survives_its_upstream_dying(
         async with connect(_ws(gw, key)) as ws:
             sub = (await _call(ws, "eth_subscribe", ["newHeads"]))["result"]
             assert gw.runtime is not None and gw.runtime.gateway is not None
-            session = next(iter(next(iter(gw.runtime.gateway._sessions.values()))))
-            serving = {"eth-0": first, "eth-1": second}[session.upstream.name]
+            gateway = gw.runtime.gateway
+            hub = gateway.hub(gateway.chains["eth"])
+            assert hub.upstream is not None
+            serving = {"eth-0": first, "eth-1": second}[hub.upstream.name]
             other = second if serving is first else first
             _mine(serving)  # head 6 from the serving node
             numbers.append(int((await _next(ws))["params"]["result"]["number"], 16))
             serving.stop()  # its socket drops: the session moves to the other node
             deadline = time.monotonic() + 10
-            while session.upstream is None or session.upstream.name != (
+            while hub.upstream is None or hub.upstream.name != (
                 "eth-1" if other is second else "eth-0"
             ):
                 assert time.monotonic() < deadline, "the subscription did not move"
@@ -207,3 +209,30 @@ def test_web3_websocket_provider_through_the_gateway(
             return heads
 
     assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_identical_subscriptions_share_one_upstream_subscription(
+    gateway_factory: Any, sqlite_url: str, anvil_factory: Any
+) -> None:
+    node: Anvil = anvil_factory(chain_id=1)
+    gw: ThreadedGateway = gateway_factory(make_config(sqlite_url, {"eth": (1, [node])}))
+    key = gw.key(plan="pro").key
+    assert gw.runtime is not None and gw.runtime.gateway is not None
+    hub = gw.runtime.gateway.hub(gw.runtime.gateway.chains["eth"])
+
+    async def scenario() -> None:
+        async with connect(_ws(gw, key)) as one, connect(_ws(gw, key)) as two:
+            a = (await _call(one, "eth_subscribe", ["newHeads"]))["result"]
+            b = (await _call(two, "eth_subscribe", ["newHeads"]))["result"]
+            assert a != b and len(hub.topics) == 1 and hub.subscribers == 2
+            _mine(node)
+            assert (await _next(one))["params"]["subscription"] == a
+            assert (await _next(two))["params"]["subscription"] == b
+            assert (await _call(one, "eth_unsubscribe", [a], id=2))["result"] is True
+            assert len(hub.topics) == 1 and hub.subscribers == 1
+        deadline = time.monotonic() + 10  # the last socket closed: the upstream one goes too
+        while hub.topics or hub.upstream is not None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
