@@ -297,6 +297,10 @@ class CacheConfig(_Model):
     enabled: bool = True
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Memory bound.")
     coalesce: bool = Field(default=True, description="Share one call among identical reads.")
+    backend: Literal["memory", "redis"] = Field(
+        default="memory", description="redis: a shared second level (needs redis_url)."
+    )
+    redis_ttl: float = Field(default=86400.0, gt=0, description="Seconds an entry stays in Redis.")
 
 
 class TracingConfig(_Model):
@@ -409,6 +413,8 @@ class Config(_Model):
             )
         if self.default_plan not in plan_names:
             raise ValueError(f"default_plan {self.default_plan!r} is not among plans")
+        if self.cache.backend == "redis" and self.redis_url is None:
+            raise ValueError("cache.backend redis needs redis_url")
         if self.public.enabled and self.public.plan not in plan_names:
             raise ValueError(f"public.plan {self.public.plan!r} is not among plans")
         return self

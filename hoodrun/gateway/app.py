@@ -21,7 +21,14 @@ from typing import Any
 import orjson
 
 from hoodrun.config import ChainConfig, Config, PlanConfig
-from hoodrun.gateway.cache import CACHEABLE, COALESCED, Coalescer, MemoryCache, plan_cache
+from hoodrun.gateway.cache import (
+    CACHEABLE,
+    COALESCED,
+    Coalescer,
+    MemoryCache,
+    RedisCache,
+    plan_cache,
+)
 from hoodrun.gateway.chain import ChainState, loads
 from hoodrun.gateway.clientip import IpPolicy
 from hoodrun.gateway.errors import (
@@ -131,6 +138,7 @@ class Gateway:
         limiter: Limiter | None = None,
         readiness: Mapping[str, ReadinessCheck] | None = None,
         tracer: Any = None,
+        shared_cache: RedisCache | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
@@ -158,6 +166,7 @@ class Gateway:
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
         settings = config.cache
         self.cache = MemoryCache(settings.max_bytes) if settings.enabled else None
+        self.shared_cache = shared_cache if settings.enabled else None
         self.coalescer = Coalescer() if settings.coalesce else None
         self._reads: frozenset[str] = (
             COALESCED if settings.coalesce else CACHEABLE if settings.enabled else frozenset()
@@ -516,6 +525,10 @@ class Gateway:
             plan = plan_cache(chain.name, method, params, finalized)
             if plan is not None:
                 hit = self.cache.get(plan.key)
+                if hit is None and self.shared_cache is not None:
+                    hit = await self.shared_cache.get(plan.key)
+                    if hit is not None:
+                        self.cache.put(plan.key, hit)
                 if hit is not None:
                     trace.cache = "HIT"
                     self.metrics.cache_lookups.inc((chain.name, "hit"))
@@ -552,7 +565,10 @@ class Gateway:
             if isinstance(answer, dict) and "result" in answer:
                 result = answer["result"]
                 if plan.admits(result, finalized):
-                    self.cache.put(plan.key, orjson.dumps(result))
+                    value = orjson.dumps(result)
+                    self.cache.put(plan.key, value)
+                    if self.shared_cache is not None:
+                        self.shared_cache.put(plan.key, value)
         return Response(status, reply)
 
     async def _get_logs(

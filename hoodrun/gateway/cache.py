@@ -19,19 +19,23 @@ Never cached: errors, null results (not known yet, or not any more), anything at
 only), heights above the finalized block, and every method not listed (writes, filters, traces).
 
 Entries are the node's ``result`` bytes, keyed by chain, method and canonical params; a hit is
-answered with the caller's own id. In process, bounded by bytes, least recently used out first.
+answered with the caller's own id. In process, bounded by bytes, least recently used out first;
+with ``cache.backend: redis`` a shared second level in Redis, so gateway processes fill it for
+each other (entries are final: a TTL only bounds Redis's memory).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-__all__ = ["Coalescer", "MemoryCache", "Plan", "plan_cache"]
+__all__ = ["Coalescer", "MemoryCache", "Plan", "RedisCache", "plan_cache"]
 
 # Where the block parameter sits, per method that reads at a block.
 _BLOCK_ARG = {
@@ -191,6 +195,50 @@ class MemoryCache:
             evicted_key, evicted = self._entries.popitem(last=False)
             self.size -= len(evicted) + len(evicted_key)
             self.evictions += 1
+
+
+class RedisCache:
+    """The shared second level: GET / SET PX through the gateway's Redis client. A Redis
+    failure is a miss (or a lost write), never a failed request."""
+
+    def __init__(
+        self, execute: Callable[..., Awaitable[Any]], prefix: str, ttl: float = 86400.0
+    ) -> None:
+        self._execute = execute
+        self._prefix = f"{prefix}:cache:"
+        self._ttl_ms = int(ttl * 1000)
+        self.errors = 0
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def _key(self, key: str) -> str:
+        return self._prefix + hashlib.sha256(key.encode()).hexdigest()
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._execute("GET", self._key(key))
+        except Exception as exc:  # noqa: BLE001 (Redis down or slow: a miss)
+            self._failed(exc)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: str, value: bytes) -> None:
+        """Stored in the background: the answer does not wait for Redis."""
+        task = asyncio.get_running_loop().create_task(self._put(key, value))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _put(self, key: str, value: bytes) -> None:
+        try:
+            await self._execute("SET", self._key(key), value, "PX", self._ttl_ms)
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.errors in (1, 10, 100) or self.errors % 1000 == 0:
+            logging.getLogger("hoodrun.gateway").warning(
+                "shared cache (Redis) failed %d time(s): %s", self.errors, exc
+            )
 
 
 class Coalescer:

@@ -16,6 +16,7 @@ from typing import Any
 
 from hoodrun.config import Config, parse_listen
 from hoodrun.gateway.app import Gateway
+from hoodrun.gateway.cache import RedisCache
 from hoodrun.gateway.http import HttpServer
 from hoodrun.gateway.metrics import GatewayMetrics, MetricsSink
 from hoodrun.keys.events import KeyEvents, LocalKeyEvents
@@ -103,6 +104,7 @@ class GatewayRuntime:
         self.verifier = verifier
 
         limiter: Limiter
+        shared_cache: RedisCache | None = None
         readiness: dict[str, Any] = {"store": store.ping}
         if config.redis_url is not None:
             import redis.asyncio as redis
@@ -117,8 +119,12 @@ class GatewayRuntime:
                 lean = RespClient(config.redis_url)
                 stack.push_async_callback(lean.aclose)
                 limiter = RedisLimiter(lean, config.redis_prefix)
+                execute: Any = lean.execute
             else:  # TLS (rediss://): the lean client speaks plain TCP only
                 limiter = RedisLimiter(client, config.redis_prefix)
+                execute = client.execute_command
+            if config.cache.backend == "redis":
+                shared_cache = RedisCache(execute, config.redis_prefix, config.cache.redis_ttl)
 
             async def redis_ping() -> None:
                 await client.ping()
@@ -157,6 +163,7 @@ class GatewayRuntime:
             limiter=limiter,
             readiness=readiness,
             tracer=tracer,
+            shared_cache=shared_cache,
         )
         stack.push_async_callback(gateway.aclose)  # after the server stopped: sockets, hubs
         server = HttpServer(

@@ -340,9 +340,12 @@ class SubscriptionHub:
         """A WebSocket to the best healthy upstream not in ``exclude`` (any if none other)."""
         from websockets.asyncio.client import connect
 
+        upstreams = self.chain.pool.upstreams
+        if any("ws" in up.tags for up in upstreams):  # the chain says which nodes serve sockets
+            upstreams = [up for up in upstreams if "ws" in up.tags]
         candidates = sorted(
-            (up for up in self.chain.pool.upstreams if up.healthy),
-            key=lambda up: (up.name in exclude, up.score()),
+            (up for up in upstreams if up.healthy),
+            key=lambda up: (up.name in exclude, up.fallback, up.score()),
         )
         if not candidates:
             raise ConnectionError(f"no healthy upstream for chain {self.chain.name!r}")

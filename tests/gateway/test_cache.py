@@ -252,3 +252,59 @@ def test_a_read_slower_than_the_hedge_delay_goes_to_a_second_upstream(
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+async def _keys(prefix: str) -> list[bytes]:
+    import redis.asyncio as redis
+
+    from tests.conftest import REDIS_URL
+
+    connection = redis.Redis.from_url(REDIS_URL)
+    try:
+        return [k async for k in connection.scan_iter(match=f"{prefix}:cache:*")]
+    finally:
+        await connection.aclose()
+
+
+def test_gateways_share_final_answers_through_redis(
+    gateway_factory: Any, sqlite_url: str, anvil_factory: Any, redis_prefix: str,
+    redis_client: Any, client: httpx.Client,
+) -> None:  # fmt: skip
+    from hoodrun.config import ChainConfig, UpstreamConfig
+    from tests.conftest import REDIS_URL
+
+    node: Anvil = anvil_factory(chain_id=1, extra_args=("--slots-in-an-epoch", "1"))
+    _mine(node, client, 10)
+    proxy = CountingProxy(
+        node.url, "eth_getBlockByNumber", delay=0, where=lambda c: c["params"][0] == "0x3"
+    )
+    try:
+        chain = ChainConfig(
+            name="eth", chain_id=1, upstreams=(UpstreamConfig(name="eth-0", url=proxy.url),)
+        )
+        config = make_config(sqlite_url, {}, redis_url=REDIS_URL, redis_prefix=redis_prefix)
+        config = config.model_copy(
+            update={
+                "chains": (chain,),
+                "cache": config.cache.model_copy(update={"backend": "redis"}),
+            }
+        )
+        first: ThreadedGateway = gateway_factory(config)
+        second: ThreadedGateway = gateway_factory(config)
+        for gw in (first, second):
+            deadline = time.monotonic() + 10
+            while _finalized(gw) != 8:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        key = first.key().key
+        one = _rpc(client, first.endpoint(key), "eth_getBlockByNumber", ["0x3", False])
+        assert one.headers["x-cache"] == "MISS" and proxy.count == 1
+        deadline = time.monotonic() + 10  # stored in Redis in the background
+        while not asyncio.run(_keys(redis_prefix)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        two = _rpc(client, second.endpoint(key), "eth_getBlockByNumber", ["0x3", False])
+        assert two.headers["x-cache"] == "HIT" and two.json() == one.json()
+        assert proxy.count == 1  # the second gateway never asked the node
+    finally:
+        proxy.stop()
