@@ -40,7 +40,9 @@ def _print_demo(info: object) -> None:
     stdout.print(f"  admin API {info.api_url}")
     stdout.print(f"  demo key  {info.key}", soft_wrap=True)
     stdout.print(f"            id {info.key_id}; the key is shown once\n", soft_wrap=True)
-    stdout.print(f"  endpoint  {endpoint}\n")
+    stdout.print(f"  endpoint  {endpoint}")
+    ws_endpoint = endpoint.replace("http://", "ws://", 1)
+    stdout.print(f"  websocket {ws_endpoint}\n", soft_wrap=True)
     stdout.print("[bold]curl[/]")
     stdout.print(
         f"  curl -s {endpoint} -H 'content-type: application/json' "
@@ -53,6 +55,17 @@ def _print_demo(info: object) -> None:
         f"w3 = Web3(Web3.HTTPProvider('{endpoint}')); "
         "print(w3.eth.chain_id, w3.eth.block_number, "
         "w3.eth.get_balance('0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266'))\"\n",
+        soft_wrap=True,
+    )
+    stdout.print("[bold]web3.py over WebSocket[/] (new heads as they are mined)")
+    stdout.print(
+        '  python3 -c "import asyncio; from web3 import AsyncWeb3, WebSocketProvider\n'
+        "async def main():\n"
+        f"    async with AsyncWeb3(WebSocketProvider('{ws_endpoint}')) as w3:\n"
+        "        await w3.eth.subscribe('newHeads')\n"
+        "        async for message in w3.socket.process_subscriptions():\n"
+        "            print(message['result']['number'])\n"
+        'asyncio.run(main())"\n',
         soft_wrap=True,
     )
 
