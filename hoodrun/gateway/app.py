@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from hoodrun.config import ChainConfig, Config, PlanConfig
+from hoodrun.gateway.blocks import capability_refusal, logs_refusal, logs_span, need_of, pin_tags
 from hoodrun.gateway.cache import (
     CACHEABLE,
     COALESCED,
@@ -52,7 +53,7 @@ from hoodrun.gateway.http import Request, Response
 from hoodrun.gateway.jsonrpc import Call, parse_body
 from hoodrun.gateway.metrics import GatewayMetrics
 from hoodrun.gateway.policy import Policy
-from hoodrun.gateway.ws import CURRENT_SESSION, SubscriptionHub, WsSession, handshake_answer
+from hoodrun.gateway.ws import CURRENT_SESSION, WebSockets
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
@@ -160,9 +161,7 @@ class Gateway:
         self._request_timeout = config.gateway.request_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_id = self.new_request_id = _request_ids()
-        self._sessions: dict[str, set[WsSession]] = {}  # open WebSockets by key hash
-        self._hubs: dict[str, SubscriptionHub] = {}
-        verifier.on_purge.append(self._key_changed)
+        self.sockets = WebSockets(self)
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
         settings = config.cache
         self.cache = MemoryCache(settings.max_bytes) if settings.enabled else None
@@ -281,14 +280,7 @@ class Gateway:
                 raise Forbidden(
                     "Forbidden: requests from this address are not allowed", reason="ip_denied"
                 )
-            chain = self.chains.get(chain_name)
-            if chain is None:
-                # Echo the name only when it looks like one: a key in the wrong place must not
-                # come back in the message.
-                shown = f" {chain_name!r}" if _CHAIN_SHAPE.match(chain_name) else ""
-                raise UnknownChain(
-                    f"Unknown chain{shown}: use one of {', '.join(sorted(self.chains))}"
-                )
+            chain = self.chain_for(chain_name)
             record = await self._authenticate(key, origin)
             trace.record = record
             if record is not None and record.chains is not None and chain_name not in record.chains:
@@ -344,6 +336,15 @@ class Gateway:
             response = Response(500, orjson.dumps(failure), headers)
         self._emit(request, request_id, trace, calls, response, reason)
         return response
+
+    def chain_for(self, name: str) -> ChainState:
+        chain = self.chains.get(name)
+        if chain is None:
+            # Echo the name only when it looks like one: a key in the wrong place must not come
+            # back in the message.
+            shown = f" {name!r}" if _CHAIN_SHAPE.match(name) else ""
+            raise UnknownChain(f"Unknown chain{shown}: use one of {', '.join(sorted(self.chains))}")
+        return chain
 
     async def _authenticate(self, key: str | None, origin: str | None) -> KeyRecord | None:
         if key is None:
@@ -483,13 +484,13 @@ class Gateway:
             raise InvalidRequest()
         if not self.policy.permits(record, plan, method):
             raise MethodNotAllowed(f"Method {method} is not allowed on plan {plan.name!r}")
-        need = self._need(chain, method, call)
+        need = need_of(chain, method, call)
         if need is not None:
-            refusal = _capability_refusal(plan, method, need)
+            refusal = capability_refusal(plan, method, need)
             if refusal is not None:
                 raise refusal
             trace.need = need
-        body = self._pin_tags(chain, method, call, body, trace)
+        body, trace.fresh = pin_tags(chain, method, call, body)
         if method in _SUBSCRIPTION_METHODS:
             session = CURRENT_SESSION.get()
             if session is None:
@@ -579,10 +580,10 @@ class Gateway:
         (``chains[].logs_chunk``) are split and their logs merged in order. Slow by nature: a
         longer deadline, and its timeouts do not count against a node's health."""
         trace.slow = True
-        query, span = self._logs_query(chain, call)
+        query, span = logs_span(chain, call)
         if span is not None:
             start, end = span
-            refusal = self._logs_refusal(plan, start, end)
+            refusal = logs_refusal(plan, self.config.gateway.max_logs_range, start, end)
             if refusal is not None:
                 raise refusal
             chunk = chain.config.logs_chunk
@@ -604,102 +605,11 @@ class Gateway:
                 )
         return response
 
-    def _logs_query(
-        self, chain: ChainState, call: Call
-    ) -> tuple[dict[str, Any] | None, tuple[int, int] | None]:
-        """The filter of an eth_getLogs call and its (first, last) block, tags resolved; the
-        span is None when it cannot be known here (the node then answers as it would)."""
-        params = call.obj.get("params")
-        query = params[0] if isinstance(params, list) and len(params) == 1 else None
-        if not isinstance(query, dict) or isinstance(query.get("blockHash"), str):
-            return None, None
-        start = self._block_number(chain, query.get("fromBlock"))
-        end = self._block_number(chain, query.get("toBlock"))
-        if start is None or end is None or end < start:
-            return query, None
-        return query, (start, end)
-
-    def _logs_refusal(self, plan: PlanConfig, start: int, end: int) -> LimitExceeded | None:
-        limit = plan.max_logs_range or self.config.gateway.max_logs_range
-        if end - start + 1 <= limit:
-            return None
-        return LimitExceeded(
-            f"eth_getLogs range too large: {end - start + 1:,} blocks asked "
-            f"({start:#x}..{end:#x}); plan {plan.name!r} allows {limit:,} blocks per request: "
-            "ask for smaller ranges",
-            reason="logs_range_exceeded",
-        )
-
-    def _block_number(self, chain: ChainState, ref: Any) -> int | None:
-        if ref is None or ref in ("latest", "pending"):
-            return chain.served_head or chain.pool.best_head()
-        if ref == "earliest":
-            return 0
-        if ref in ("safe", "finalized"):
-            return chain.pool.finalized_head(chain.config.finality_depth)
-        if isinstance(ref, str) and ref.startswith("0x"):
-            try:
-                return int(ref, 16)
-            except ValueError:
-                return None
-        return None
-
-    def _pin_tags(
-        self, chain: ChainState, method: str, call: Call, body: bytes, trace: _Trace
-    ) -> bytes:
-        """Block tags made consistent across upstreams: a call at ``latest`` (or with no block)
-        goes to the nodes at the best head first, so a client's head never goes backwards;
-        ``finalized`` becomes the chain's finalized number (which every healthy node has, and
-        which never goes backwards). Returns the body to send."""
-        if method == "eth_blockNumber":
-            trace.fresh = True
-            return body
-        params = call.obj.get("params")
-        if method == "eth_getLogs":
-            query = params[0] if isinstance(params, list) and len(params) == 1 else None
-            if not isinstance(query, dict) or isinstance(query.get("blockHash"), str):
-                return body
-            ends = {k: query.get(k) for k in ("fromBlock", "toBlock")}
-            trace.fresh = any(v in (None, "latest", "pending") for v in ends.values())
-            if "finalized" not in ends.values() or (final := chain.finalized()) is None:
-                return body
-            pinned = {k: hex(final) for k, v in ends.items() if v == "finalized"}
-            return _with_params(call, [{**query, **pinned}])
-        index = _BLOCK_ARGS.get(method)
-        if index is None:
-            return body
-        ref = params[index] if isinstance(params, list) and len(params) > index else None
-        if ref in (None, "latest", "pending"):
-            trace.fresh = True
-        elif ref == "finalized" and isinstance(params, list):
-            final = chain.finalized()
-            if final is not None:
-                return _with_params(call, [*params[:index], hex(final), *params[index + 1 :]])
-        return body
-
-    def _need(self, chain: ChainState, method: str, call: Call) -> str | None:
-        """The capability a call needs beyond a full node: ``trace`` for trace_* and debug_*,
-        ``archive`` for state read further back than the chain's ``history`` blocks."""
-        if method.startswith(("trace_", "debug_")):
-            return "trace"
-        index = _STATE_READS.get(method)
-        if index is None:
-            return None
-        params = call.obj.get("params")
-        if not isinstance(params, list) or len(params) <= index:
-            return None  # the block defaults to "latest"
-        ref = params[index]
-        if isinstance(ref, dict):  # EIP-1898; a block hash says nothing of its age here
-            ref = ref.get("blockNumber")
-        number = 0 if ref == "earliest" else self._block_number(chain, ref) if ref else None
-        head = chain.served_head or chain.pool.best_head()
-        if number is None or head is None or ref in ("latest", "pending", "safe", "finalized"):
-            return None
-        return "archive" if number < head - chain.config.history else None
-
     def _batch_logs(self, chain: ChainState, plan: PlanConfig, call: Call) -> LimitExceeded | None:
-        _, span = self._logs_query(chain, call)
-        return None if span is None else self._logs_refusal(plan, *span)
+        _, span = logs_span(chain, call)
+        if span is None:
+            return None
+        return logs_refusal(plan, self.config.gateway.max_logs_range, *span)
 
     async def _split_logs(
         self,
@@ -766,8 +676,8 @@ class Gateway:
             elif method == "eth_getLogs" and (refused := self._batch_logs(chain, plan, call)):
                 if not call.notification:
                     answers[index] = refused.to_object(call.id)
-            elif (need := self._need(chain, method, call)) is not None and (
-                refusal := _capability_refusal(plan, method, need)
+            elif (need := need_of(chain, method, call)) is not None and (
+                refusal := capability_refusal(plan, method, need)
             ):
                 if not call.notification:
                     answers[index] = refusal.to_object(call.id)
@@ -891,103 +801,6 @@ class Gateway:
                     {"reason": "upstream_error"},
                 )
             )
-
-    # --- WebSocket ---------------------------------------------------------------------------
-
-    def ws_upgrade(self, request: Request, transport: Any, rest: bytes) -> Any:
-        """The server's upgrade hook: a session once the handshake is admitted (checked like an
-        HTTP call, asynchronously), or an HTTP refusal."""
-        answer = handshake_answer(request)
-        if isinstance(answer, str):
-            error = InvalidRequest(f"Bad WebSocket handshake: {answer}", reason="bad_handshake")
-            return Response(400, error.body())
-        return _Admission(self, request, transport, answer, rest)
-
-    async def _admit_ws(self, request: Request) -> tuple[ChainState, KeyRecord | None, str | None]:
-        """What an HTTP call would check before its body: route, address, chain, key, scopes."""
-        chain_name, key = self._route(request)
-        client_ip = self.ip_policy.client_ip(request.peer, request.headers.get("x-forwarded-for"))
-        if not self.ip_policy.allowed(client_ip):
-            raise Forbidden(
-                "Forbidden: requests from this address are not allowed", reason="ip_denied"
-            )
-        chain = self.chains.get(chain_name)
-        if chain is None:
-            shown = f" {chain_name!r}" if _CHAIN_SHAPE.match(chain_name) else ""
-            raise UnknownChain(f"Unknown chain{shown}: use one of {', '.join(sorted(self.chains))}")
-        record = await self._authenticate(key, request.headers.get("origin"))
-        if record is not None and record.chains is not None and chain_name not in record.chains:
-            raise Forbidden(
-                f"Forbidden: this key may not use chain {chain_name!r}", reason="chain_not_allowed"
-            )
-        key_hash = self.verifier.hash_of(key) if key is not None else None
-        if key_hash is not None:
-            limit = self.config.ws.max_connections_per_key
-            if len(self._sessions.get(key_hash, ())) >= limit:
-                raise RateLimited(
-                    f"Limit exceeded: at most {limit} open WebSockets per key",
-                    reason="ws_connections_exceeded",
-                )
-        return chain, record, key_hash
-
-    def hub(self, chain: ChainState) -> SubscriptionHub:
-        """The chain's subscriptions, shared by every socket (made on first use)."""
-        hub = self._hubs.get(chain.name)
-        if hub is None:
-            hub = self._hubs[chain.name] = SubscriptionHub(
-                chain, self.config.gateway.upstream_timeout
-            )
-        return hub
-
-    async def aclose(self) -> None:
-        """Close every socket and upstream subscription."""
-        for sessions in list(self._sessions.values()):
-            for session in list(sessions):
-                session.close(1001, "the gateway is stopping")
-        for hub in self._hubs.values():
-            await hub.aclose()
-
-    def _opened(self, session: WsSession) -> None:
-        if session.key_hash is not None:
-            self._sessions.setdefault(session.key_hash, set()).add(session)
-        session.on_close.append(self._closed)
-        self.metrics.ws_sessions.inc((session.chain.name,))
-
-    def _closed(self, session: WsSession) -> None:
-        if session.key_hash is not None:
-            sessions = self._sessions.get(session.key_hash)
-            if sessions is not None:
-                sessions.discard(session)
-                if not sessions:
-                    del self._sessions[session.key_hash]
-
-    def _key_changed(self, key_hash: str) -> None:
-        """A key changed (revoked, disabled, rotated, ...): its sockets check it again."""
-        sessions = self._sessions.get(key_hash)
-        if sessions:
-            loop = self._loop or asyncio.get_running_loop()
-            loop.create_task(self._recheck(key_hash, list(sessions)))
-
-    async def _recheck(self, key_hash: str, sessions: list[WsSession]) -> None:
-        for session in sessions:
-            key = session.key
-            if key is None:
-                continue
-            try:
-                self.verifier.check(key) or await self.verifier.verify(key)
-            except KeyDenied:
-                session.close(1008, "the API key is no longer valid")
-            except KeyStoreDown:
-                pass
-
-    async def _keepalive(self, session: WsSession) -> None:
-        settings = self.config.ws
-        while not session.closed:
-            await asyncio.sleep(min(settings.ping_interval, settings.idle_timeout))
-            if time.monotonic() - session.last_active > settings.idle_timeout:
-                session.close(1001, "idle")
-                return
-            session.ping()
 
     # --- CORS, health ----------------------------------------------------------------------
 
@@ -1119,68 +932,6 @@ class Gateway:
 _SUBSCRIPTION_METHODS = frozenset({"eth_subscribe", "eth_unsubscribe"})
 
 
-class _Admission:
-    """A WebSocket between its handshake and its admission: holds what the client sends until
-    the key is checked, then becomes a session (or answers the refusal and closes)."""
-
-    def __init__(
-        self, gateway: Gateway, request: Request, transport: Any, answer: bytes, rest: bytes
-    ) -> None:
-        self.gateway = gateway
-        self.request = request
-        self.transport = transport
-        self.buffer = [rest] if rest else []
-        self.session: WsSession | None = None
-        self.lost = False
-        loop = gateway._loop or asyncio.get_running_loop()
-        self.task = loop.create_task(self._admit(answer))
-
-    async def _admit(self, answer: bytes) -> None:
-        gateway = self.gateway
-        try:
-            chain, record, key_hash = await gateway._admit_ws(self.request)
-        except GatewayError as error:
-            if not self.lost:
-                response = Response(error.status, error.body(), error.headers)
-                self.transport.write(_encode_refusal(response))
-                self.transport.close()
-            return
-        if self.lost:
-            return
-        self.transport.write(answer)
-        session = WsSession(gateway, self.request, self.transport, chain, record, key_hash)
-        session.key = gateway._route(self.request)[1]
-        self.session = session
-        gateway._opened(session)
-        session._spawn(gateway._keepalive(session))
-        for data in self.buffer:
-            session.data_received(data)
-        self.buffer.clear()
-
-    def data_received(self, data: bytes) -> None:
-        if self.session is not None:
-            self.session.data_received(data)
-        else:
-            self.buffer.append(data)
-
-    def eof_received(self) -> None:
-        if self.session is not None:
-            self.session.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.session is not None:
-            self.session.connection_lost(exc)
-        elif not self.task.done():
-            self.task.cancel()
-
-
-def _encode_refusal(response: Response) -> bytes:
-    from hoodrun.gateway.http import _encode
-
-    return _encode(response, False)
-
-
 def _span_kinds() -> tuple[Any, Any]:
     try:
         from opentelemetry.trace import SpanKind
@@ -1198,51 +949,6 @@ def _request_ids() -> Callable[[], str]:
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):010x}"
-
-
-# State reads and where their block parameter sits: older than a full node's history window,
-# they need an archive node.
-_STATE_READS = {
-    "eth_getBalance": 1,
-    "eth_getCode": 1,
-    "eth_getTransactionCount": 1,
-    "eth_getStorageAt": 2,
-    "eth_call": 1,
-    "eth_getProof": 2,
-    "eth_estimateGas": 1,
-    "eth_createAccessList": 1,
-}
-
-
-# Methods that read at a block, and where the block parameter sits.
-_BLOCK_ARGS = {
-    **_STATE_READS,
-    "eth_getBlockByNumber": 0,
-    "eth_getBlockTransactionCountByNumber": 0,
-    "eth_getTransactionByBlockNumberAndIndex": 0,
-    "eth_getUncleByBlockNumberAndIndex": 0,
-    "eth_getUncleCountByBlockNumber": 0,
-    "eth_getBlockReceipts": 0,
-}
-
-
-def _with_params(call: Call, params: list[Any]) -> bytes:
-    return orjson.dumps({**call.obj, "params": params})
-
-
-def _capability_refusal(plan: PlanConfig, method: str, need: str) -> MethodNotAllowed | None:
-    if need == "archive" and not plan.archive:
-        return MethodNotAllowed(
-            f"Forbidden: {method} this far back needs archive access, which plan "
-            f"{plan.name!r} does not include; read recent state or upgrade the plan",
-            reason="archive_not_allowed",
-        )
-    if need == "trace" and not plan.trace:
-        return MethodNotAllowed(
-            f"Forbidden: {method} needs trace access, which plan {plan.name!r} does not include",
-            reason="trace_not_allowed",
-        )
-    return None
 
 
 def _answer(call_id: Any, result: bytes) -> bytes:

@@ -165,13 +165,13 @@ class GatewayRuntime:
             tracer=tracer,
             shared_cache=shared_cache,
         )
-        stack.push_async_callback(gateway.aclose)  # after the server stopped: sockets, hubs
+        stack.push_async_callback(gateway.sockets.aclose)  # after the server stopped
         server = HttpServer(
             gateway.handle,
             gateway.fallback,
             max_body=config.gateway.max_body_bytes,
             log_exception=lambda message: log.exception(message),
-            upgrade=gateway.ws_upgrade if config.ws.enabled else None,
+            upgrade=gateway.sockets.upgrade if config.ws.enabled else None,
         )
         host, port = parse_listen(config.listen)
         self.port = await server.serve(

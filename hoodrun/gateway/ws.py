@@ -35,8 +35,15 @@ import orjson
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
-from hoodrun.gateway.errors import error_object
+from hoodrun.gateway.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    error_object,
+)
 from hoodrun.gateway.http import Request, Response
+from hoodrun.keys.verifier import KeyDenied, KeyStoreDown
 from hoodrun.telemetry.sink import RequestRecord
 
 if TYPE_CHECKING:
@@ -179,7 +186,7 @@ class WsSession:
         for task in self._tasks:
             task.cancel()
         if self.subs:
-            self.gateway.hub(self.chain).forget(self)
+            self.gateway.sockets.hub(self.chain).forget(self)
         for callback in self.on_close:
             callback(self)
 
@@ -220,7 +227,7 @@ class WsSession:
             )  # fmt: skip
         client_id = "0x" + secrets.token_hex(16)
         try:
-            topic = await self.gateway.hub(self.chain).subscribe(self, client_id, params)
+            topic = await self.gateway.sockets.hub(self.chain).subscribe(self, client_id, params)
         except Exception as exc:  # noqa: BLE001 (an upstream failure of any kind)
             log.warning("chain %s: subscription failed: %s", self.chain.name, exc)
             return _error(
@@ -236,7 +243,7 @@ class WsSession:
         topic = self.subs.pop(client_id, None) if isinstance(client_id, str) else None
         if topic is None or not isinstance(client_id, str):
             return _result(call, False)
-        await self.gateway.hub(self.chain).unsubscribe(client_id, topic)
+        await self.gateway.sockets.hub(self.chain).unsubscribe(client_id, topic)
         return _result(call, True)
 
     def deliver(self, client_id: str, result: Any) -> None:
@@ -483,3 +490,172 @@ def _error(
 ) -> Response:
     data = {"reason": reason} if reason else None
     return Response(status, orjson.dumps(error_object(code, message, call.id, data)))
+
+
+class WebSockets:
+    """The gateway's sockets: handshake admission, sessions by key, subscription hubs."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._sessions: dict[str, set[WsSession]] = {}  # open sockets by key hash
+        self._hubs: dict[str, SubscriptionHub] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
+        gateway.verifier.on_purge.append(self._key_changed)
+
+    def upgrade(self, request: Request, transport: Any, rest: bytes) -> Any:
+        """The server's upgrade hook: a session once the handshake is admitted (checked like an
+        HTTP call, asynchronously), or an HTTP refusal."""
+        answer = handshake_answer(request)
+        if isinstance(answer, str):
+            error = InvalidRequest(f"Bad WebSocket handshake: {answer}", reason="bad_handshake")
+            return Response(400, error.body())
+        return _Admission(self, request, transport, answer, rest)
+
+    async def admit(self, request: Request) -> tuple[ChainState, KeyRecord | None, str | None]:
+        """What an HTTP call would check before its body: route, address, chain, key, scopes."""
+        gateway = self.gateway
+        chain_name, key = gateway._route(request)
+        policy = gateway.ip_policy
+        if not policy.allowed(
+            policy.client_ip(request.peer, request.headers.get("x-forwarded-for"))
+        ):
+            raise Forbidden(
+                "Forbidden: requests from this address are not allowed", reason="ip_denied"
+            )
+        chain = gateway.chain_for(chain_name)
+        record = await gateway._authenticate(key, request.headers.get("origin"))
+        if record is not None and record.chains is not None and chain_name not in record.chains:
+            raise Forbidden(
+                f"Forbidden: this key may not use chain {chain_name!r}", reason="chain_not_allowed"
+            )
+        key_hash = self.gateway.verifier.hash_of(key) if key is not None else None
+        if key_hash is not None:
+            limit = self.gateway.config.ws.max_connections_per_key
+            if len(self._sessions.get(key_hash, ())) >= limit:
+                raise RateLimited(
+                    f"Limit exceeded: at most {limit} open WebSockets per key",
+                    reason="ws_connections_exceeded",
+                )
+        return chain, record, key_hash
+
+    def hub(self, chain: ChainState) -> SubscriptionHub:
+        """The chain's subscriptions, shared by every socket (made on first use)."""
+        hub = self._hubs.get(chain.name)
+        if hub is None:
+            hub = self._hubs[chain.name] = SubscriptionHub(
+                chain, self.gateway.config.gateway.upstream_timeout
+            )
+        return hub
+
+    async def aclose(self) -> None:
+        """Close every socket and upstream subscription."""
+        for sessions in list(self._sessions.values()):
+            for session in list(sessions):
+                session.close(1001, "the gateway is stopping")
+        for hub in self._hubs.values():
+            await hub.aclose()
+
+    def opened(self, session: WsSession) -> None:
+        if session.key_hash is not None:
+            self._sessions.setdefault(session.key_hash, set()).add(session)
+        session.on_close.append(self._closed)
+        self.gateway.metrics.ws_sessions.inc((session.chain.name,))
+
+    def _closed(self, session: WsSession) -> None:
+        if session.key_hash is not None:
+            sessions = self._sessions.get(session.key_hash)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self._sessions[session.key_hash]
+
+    def _key_changed(self, key_hash: str) -> None:
+        """A key changed (revoked, disabled, rotated, ...): its sockets check it again."""
+        sessions = self._sessions.get(key_hash)
+        if sessions:
+            task = asyncio.get_running_loop().create_task(self._recheck(list(sessions)))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, sessions: list[WsSession]) -> None:
+        for session in sessions:
+            key = session.key
+            if key is None:
+                continue
+            try:
+                self.gateway.verifier.check(key) or await self.gateway.verifier.verify(key)
+            except KeyDenied:
+                session.close(1008, "the API key is no longer valid")
+            except KeyStoreDown:
+                pass
+
+    async def keepalive(self, session: WsSession) -> None:
+        settings = self.gateway.config.ws
+        while not session.closed:
+            await asyncio.sleep(min(settings.ping_interval, settings.idle_timeout))
+            if time.monotonic() - session.last_active > settings.idle_timeout:
+                session.close(1001, "idle")
+                return
+            session.ping()
+
+
+class _Admission:
+    """A WebSocket between its handshake and its admission: holds what the client sends until
+    the key is checked, then becomes a session (or answers the refusal and closes)."""
+
+    def __init__(
+        self, sockets: WebSockets, request: Request, transport: Any, answer: bytes, rest: bytes
+    ) -> None:
+        self.sockets = sockets
+        self.request = request
+        self.transport = transport
+        self.buffer = [rest] if rest else []
+        self.session: WsSession | None = None
+        self.lost = False
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._admit(answer))
+
+    async def _admit(self, answer: bytes) -> None:
+        sockets = self.sockets
+        try:
+            chain, record, key_hash = await sockets.admit(self.request)
+        except GatewayError as error:
+            if not self.lost:
+                response = Response(error.status, error.body(), error.headers)
+                self.transport.write(_encode_refusal(response))
+                self.transport.close()
+            return
+        if self.lost:
+            return
+        self.transport.write(answer)
+        session = WsSession(sockets.gateway, self.request, self.transport, chain, record, key_hash)
+        session.key = sockets.gateway._route(self.request)[1]
+        self.session = session
+        sockets.opened(session)
+        session._spawn(sockets.keepalive(session))
+        for data in self.buffer:
+            session.data_received(data)
+        self.buffer.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+        else:
+            self.buffer.append(data)
+
+    def eof_received(self) -> None:
+        if self.session is not None:
+            self.session.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.session is not None:
+            self.session.connection_lost(exc)
+        elif not self.task.done():
+            self.task.cancel()
+
+
+def _encode_refusal(response: Response) -> bytes:
+    from hoodrun.gateway.http import _encode
+
+    return _encode(response, False)

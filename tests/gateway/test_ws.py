@@ -95,7 +95,7 @@ def test_a_subscription_survives_its_upstream_dying(
             sub = (await _call(ws, "eth_subscribe", ["newHeads"]))["result"]
             assert gw.runtime is not None and gw.runtime.gateway is not None
             gateway = gw.runtime.gateway
-            hub = gateway.hub(gateway.chains["eth"])
+            hub = gateway.sockets.hub(gateway.chains["eth"])
             assert hub.upstream is not None
             serving = {"eth-0": first, "eth-1": second}[hub.upstream.name]
             other = second if serving is first else first
@@ -218,7 +218,7 @@ def test_identical_subscriptions_share_one_upstream_subscription(
     gw: ThreadedGateway = gateway_factory(make_config(sqlite_url, {"eth": (1, [node])}))
     key = gw.key(plan="pro").key
     assert gw.runtime is not None and gw.runtime.gateway is not None
-    hub = gw.runtime.gateway.hub(gw.runtime.gateway.chains["eth"])
+    hub = gw.runtime.gateway.sockets.hub(gw.runtime.gateway.chains["eth"])
 
     async def scenario() -> None:
         async with connect(_ws(gw, key)) as one, connect(_ws(gw, key)) as two:
