@@ -72,6 +72,16 @@ def start_devnet(config: Config, stack: contextlib.ExitStack) -> Config:
     return config.model_copy(update={"chains": tuple(chains)})
 
 
+def _stop_on_signals(stop: asyncio.Event | None) -> asyncio.Event:
+    """``stop``, set on SIGINT/SIGTERM (where this thread may handle signals)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def run_platform(
     config: Config,
     *,
@@ -83,11 +93,7 @@ async def run_platform(
     reuse_port: bool = False,
 ) -> None:
     """Run the chosen roles until SIGINT/SIGTERM (or ``stop`` is set)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals(stop)
     if config.database_url.startswith("sqlite"):
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     await upgrade(config.database_url)
@@ -132,7 +138,7 @@ async def run_platform(
                     access_log=False,
                 )
             )
-            task = loop.create_task(server.serve())
+            task = asyncio.get_running_loop().create_task(server.serve())
 
             async def stop_api() -> None:
                 server.should_exit = True
@@ -182,11 +188,7 @@ async def run_worker(
 ) -> None:
     """The worker role: consume the record stream (with ``nats_url``) into the analytics store
     and keep its rollups. ``burst``: drain what is waiting, roll up, and return."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals(stop)
     async with AsyncExitStack() as stack:
         telemetry = await open_telemetry(config, stack, produce=False, consume=True)
         if ready is not None:

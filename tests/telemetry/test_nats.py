@@ -40,6 +40,7 @@ from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.spool import Spool
 from hoodrun.telemetry.store import ChdbStore, StoreError
 from hoodrun.telemetry.units import ComputeUnits
+from tests.telemetry.support import call_record
 
 NATS_URL = os.environ.get("HOODRUN_TEST_NATS", "nats://127.0.0.1:4222")
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -48,26 +49,7 @@ METHODS = ("eth_call", "eth_blockNumber", "eth_getBalance", "eth_getLogs")
 
 def single(n: int, method: str | None = None) -> RequestRecord:
     method = method or METHODS[n % len(METHODS)]
-    return RequestRecord(
-        ts=time.time(),  # requests_raw's TTL runs on the real clock
-        chain="eth",
-        method=method,
-        methods=(method,),
-        calls=1,
-        status=200,
-        reason=None,
-        key_id="key_1",
-        org_id="org_1",
-        project_id="prj_1",
-        client_ip="203.0.113.77",
-        latency=0.002,
-        upstream="eth-a",
-        upstream_latency=0.001,
-        attempts=1,
-        bytes_in=60,
-        bytes_out=40,
-        request_id=f"req{n:08d}-{uuid.uuid4().hex[:6]}",
-    )
+    return call_record(f"req{n:08d}-{uuid.uuid4().hex[:6]}", method=method)
 
 
 def batch(n: int) -> RequestRecord:

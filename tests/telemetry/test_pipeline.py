@@ -16,29 +16,11 @@ from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.spool import Spool
 from hoodrun.telemetry.store import ChdbStore, StoreError
 from hoodrun.telemetry.units import ComputeUnits
+from tests.telemetry.support import call_record
 
 
 def record(n: int, *, method: str = "eth_call", ts: float | None = None) -> RequestRecord:
-    return RequestRecord(
-        ts=ts if ts is not None else time.time(),
-        chain="eth",
-        method=method,
-        methods=(method,),
-        calls=1,
-        status=200,
-        reason=None,
-        key_id="key_1",
-        org_id="org_1",
-        project_id="prj_1",
-        client_ip="203.0.113.77",
-        latency=0.002,
-        upstream="eth-a",
-        upstream_latency=0.001,
-        attempts=1,
-        bytes_in=60,
-        bytes_out=40,
-        request_id=f"req{n:08d}",
-    )
+    return call_record(f"req{n:08d}", ts=ts, method=method)
 
 
 class FlakyTarget(StoreTarget):

@@ -37,6 +37,7 @@ from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.store import ChdbStore, StoreError
 from hoodrun.telemetry.units import ComputeUnits
 from tests._stores import sqlite_template  # noqa: F401 (fixture)
+from tests.telemetry.support import call_record
 
 _today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 DAY0 = _today - timedelta(days=3)
@@ -50,30 +51,21 @@ def at(day: int, hour: int, minute: int = 0, second: float = 0) -> float:
     return (DAY0 + timedelta(days=day, hours=hour, minutes=minute, seconds=second)).timestamp()
 
 
+_FIELDS = {
+    "key_id": "key_a",
+    "org_id": "org_a",
+    "project_id": "prj_a",
+    "client_ip": "203.0.113.9",
+    "latency": 0.010,
+    "upstream": "eth-0",
+    "upstream_latency": 0.008,
+    "bytes_in": 100,
+    "bytes_out": 300,
+}
+
+
 def rec(ts: float, rid: str, method: str = "eth_call", **changes: Any) -> RequestRecord:
-    record = RequestRecord(
-        ts=ts,
-        chain="eth",
-        method=method,
-        methods=(method,),
-        calls=1,
-        status=200,
-        reason=None,
-        key_id="key_a",
-        org_id="org_a",
-        project_id="prj_a",
-        client_ip="203.0.113.9",
-        latency=0.010,
-        upstream="eth-0",
-        upstream_latency=0.008,
-        attempts=1,
-        bytes_in=100,
-        bytes_out=300,
-        request_id=rid,
-    )
-    for name, value in changes.items():
-        setattr(record, name, value)
-    return record
+    return call_record(rid, ts=ts, method=method, **{**_FIELDS, **changes})
 
 
 def records(org: str = "org_a", project: str = "prj_a") -> list[RequestRecord]:
