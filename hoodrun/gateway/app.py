@@ -21,22 +21,14 @@ from typing import Any
 import orjson
 
 from hoodrun.config import ChainConfig, Config, PlanConfig
-from hoodrun.gateway.blocks import capability_refusal, logs_refusal, logs_span, need_of, pin_tags
-from hoodrun.gateway.cache import (
-    CACHEABLE,
-    COALESCED,
-    Coalescer,
-    MemoryCache,
-    RedisCache,
-    plan_cache,
-)
+from hoodrun.gateway.blocks import capability_refusal, need_of, pin_tags
+from hoodrun.gateway.cache import RedisCache
 from hoodrun.gateway.chain import ChainState, loads
 from hoodrun.gateway.clientip import IpPolicy
 from hoodrun.gateway.errors import (
     Forbidden,
     GatewayError,
     InvalidRequest,
-    LimitExceeded,
     MethodNotAllowed,
     MethodNotPost,
     NeedsWebSocket,
@@ -53,6 +45,7 @@ from hoodrun.gateway.http import Request, Response
 from hoodrun.gateway.jsonrpc import Call, parse_body
 from hoodrun.gateway.metrics import GatewayMetrics
 from hoodrun.gateway.policy import Policy
+from hoodrun.gateway.reads import Reads, error_code
 from hoodrun.gateway.ws import CURRENT_SESSION, WebSockets
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
@@ -90,7 +83,7 @@ _CHAIN_SHAPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TOO_DEEP = "Invalid Request: the call is nested too deeply"
 
 
-class _Trace:
+class Trace:
     """What the telemetry record needs, filled in as the pipeline goes."""
 
     __slots__ = (
@@ -163,13 +156,7 @@ class Gateway:
         self._new_id = self.new_request_id = _request_ids()
         self.sockets = WebSockets(self)
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
-        settings = config.cache
-        self.cache = MemoryCache(settings.max_bytes) if settings.enabled else None
-        self.shared_cache = shared_cache if settings.enabled else None
-        self.coalescer = Coalescer() if settings.coalesce else None
-        self._reads: frozenset[str] = (
-            COALESCED if settings.coalesce else CACHEABLE if settings.enabled else frozenset()
-        )
+        self.reads = Reads(self, shared_cache)
         self._metrics_watch()
 
     def _metrics_watch(self) -> None:
@@ -263,7 +250,7 @@ class Gateway:
     # --- the JSON-RPC path -----------------------------------------------------------------
 
     async def _rpc(self, request: Request) -> Response:
-        trace = _Trace(request.peer)
+        trace = Trace(request.peer)
         request_id = self._new_id()
         REQUEST_ID.set(request_id)  # this request's task only: log lines carry it
         headers: list[tuple[str, str]] = [("x-request-id", request_id)]
@@ -415,7 +402,7 @@ class Gateway:
         self,
         chain: ChainState,
         body: bytes,
-        trace: _Trace,
+        trace: Trace,
         write_tx: bytes | None = None,
         need: str | None = None,
     ) -> tuple[int, bytes]:
@@ -440,7 +427,7 @@ class Gateway:
         self,
         chain: ChainState,
         body: bytes,
-        trace: _Trace,
+        trace: Trace,
         write_tx: bytes | None = None,
         need: str | None = None,
     ) -> tuple[int, bytes]:
@@ -477,7 +464,7 @@ class Gateway:
         plan: PlanConfig,
         call: Call,
         body: bytes,
-        trace: _Trace,
+        trace: Trace,
     ) -> Response:
         method = call.method
         if method is None:
@@ -501,149 +488,17 @@ class Gateway:
                 return await session.subscribe(call)
             return await session.unsubscribe(call)
         if method == "eth_getLogs":
-            return await self._get_logs(chain, plan, call, body, trace)
-        if method in self._reads:
-            return await self._read(chain, call, method, body, trace)
+            return await self.reads.get_logs(chain, plan, call, body, trace)
+        if method in self.reads.methods:
+            return await self.reads.read(chain, call, method, body, trace)
         write_tx = _raw_tx(call) if method == _WRITE_METHOD else None
         status, reply = await self._call_upstream(chain, body, trace, write_tx, trace.need)
         if method == "eth_blockNumber" and status == 200:
             reply = chain.monotonic_head_body(reply)
         elif status == 200 and b'"error"' in reply:
             trace.rpc_errors = 1
-            trace.error_code = _error_code(loads(reply))
+            trace.error_code = error_code(loads(reply))
         return Response(status, reply)
-
-    async def _read(
-        self, chain: ChainState, call: Call, method: str, body: bytes, trace: _Trace
-    ) -> Response:
-        """A read without side effects: from the cache when its answer is final, else from a
-        node, sharing the call with identical reads in flight (see ``hoodrun.gateway.cache``)."""
-        params = call.obj.get("params")
-        plan = None
-        finalized = None
-        if self.cache is not None and method in CACHEABLE:
-            finalized = chain.pool.finalized_head(chain.config.finality_depth)
-            plan = plan_cache(chain.name, method, params, finalized)
-            if plan is not None:
-                hit = self.cache.get(plan.key)
-                if hit is None and self.shared_cache is not None:
-                    hit = await self.shared_cache.get(plan.key)
-                    if hit is not None:
-                        self.cache.put(plan.key, hit)
-                if hit is not None:
-                    trace.cache = "HIT"
-                    self.metrics.cache_lookups.inc((chain.name, "hit"))
-                    return Response(200, _answer(call.id, hit))
-                trace.cache = "MISS"
-                self.metrics.cache_lookups.inc((chain.name, "miss"))
-        if chain.config.hedge is not None and (
-            method in COALESCED if chain.hedge_methods is None else method in chain.hedge_methods
-        ):
-            trace.hedge_delay = chain.hedge_delay()
-        if self.coalescer is not None:
-            try:
-                key = orjson.dumps((chain.name, method, params))
-            except orjson.JSONEncodeError:  # nested deeper than orjson writes: no sharing
-                key = body
-            (status, reply, upstream, latency), shared = await self.coalescer.run(
-                key, lambda: self._call_upstream_traced(chain, body, trace)
-            )
-            if shared:
-                trace.upstream, trace.upstream_latency = upstream, latency
-                self.metrics.coalesced.inc((chain.name,))
-                reply = _with_id(reply, call.id)
-        else:
-            status, reply = await self._call_upstream(chain, body, trace, need=trace.need)
-        if status != 200:
-            return Response(status, reply)
-        if method == "eth_blockNumber":
-            return Response(status, chain.monotonic_head_body(reply))
-        if b'"error"' in reply:
-            trace.rpc_errors = 1
-            trace.error_code = _error_code(loads(reply))
-        elif plan is not None and self.cache is not None:
-            answer = loads(reply)
-            if isinstance(answer, dict) and "result" in answer:
-                result = answer["result"]
-                if plan.admits(result, finalized):
-                    value = orjson.dumps(result)
-                    self.cache.put(plan.key, value)
-                    if self.shared_cache is not None:
-                        self.shared_cache.put(plan.key, value)
-        return Response(status, reply)
-
-    async def _get_logs(
-        self, chain: ChainState, plan: PlanConfig, call: Call, body: bytes, trace: _Trace
-    ) -> Response:
-        """eth_getLogs within the plan's limits: the block range (tags resolved to this
-        chain's numbers) and the number of logs; ranges longer than the nodes take
-        (``chains[].logs_chunk``) are split and their logs merged in order. Slow by nature: a
-        longer deadline, and its timeouts do not count against a node's health."""
-        trace.slow = True
-        query, span = logs_span(chain, call)
-        if span is not None:
-            start, end = span
-            refusal = logs_refusal(plan, self.config.gateway.max_logs_range, start, end)
-            if refusal is not None:
-                raise refusal
-            chunk = chain.config.logs_chunk
-            if chunk is not None and end - start + 1 > chunk and isinstance(query, dict):
-                response = await self._split_logs(chain, call, query, start, end, chunk, trace)
-            else:
-                response = await self._read(chain, call, "eth_getLogs", body, trace)
-        else:
-            response = await self._read(chain, call, "eth_getLogs", body, trace)
-        cap = plan.max_logs_results or self.config.gateway.max_logs_results
-        if response.status == 200 and len(response.body) > cap * 100:  # cheap pre-check
-            answer = loads(response.body)
-            logs = answer.get("result") if isinstance(answer, dict) else None
-            if isinstance(logs, list) and len(logs) > cap:
-                raise LimitExceeded(
-                    f"eth_getLogs matched {len(logs):,} logs; plan {plan.name!r} allows "
-                    f"{cap:,} per request: narrow the block range or the filter",
-                    reason="logs_results_exceeded",
-                )
-        return response
-
-    def _batch_logs(self, chain: ChainState, plan: PlanConfig, call: Call) -> LimitExceeded | None:
-        _, span = logs_span(chain, call)
-        if span is None:
-            return None
-        return logs_refusal(plan, self.config.gateway.max_logs_range, *span)
-
-    async def _split_logs(
-        self,
-        chain: ChainState,
-        call: Call,
-        query: dict[str, Any],
-        start: int,
-        end: int,
-        chunk: int,
-        trace: _Trace,
-    ) -> Response:
-        logs: list[Any] = []
-        for first in range(start, end + 1, chunk):
-            last = min(first + chunk - 1, end)
-            part = {**query, "fromBlock": hex(first), "toBlock": hex(last)}
-            body = orjson.dumps(
-                {"jsonrpc": "2.0", "id": call.id, "method": "eth_getLogs", "params": [part]}
-            )
-            status, reply = await self._call_upstream(chain, body, trace)
-            answer = loads(reply)
-            if status != 200 or not isinstance(answer, dict) or "result" not in answer:
-                if isinstance(answer, dict) and "error" in answer:
-                    trace.rpc_errors = 1
-                    trace.error_code = _error_code(answer)
-                return Response(status, reply)  # the failing part's answer, as the node gave it
-            if isinstance(answer["result"], list):
-                logs.extend(answer["result"])
-        return Response(200, orjson.dumps({"jsonrpc": "2.0", "id": call.id, "result": logs}))
-
-    async def _call_upstream_traced(
-        self, chain: ChainState, body: bytes, trace: _Trace
-    ) -> tuple[int, bytes, str | None, float | None]:
-        status, reply = await self._call_upstream(chain, body, trace, need=trace.need)
-        return status, reply, trace.upstream, trace.upstream_latency
 
     async def _forward_batch(
         self,
@@ -651,7 +506,7 @@ class Gateway:
         record: KeyRecord | None,
         plan: PlanConfig,
         calls: list[Call],
-        trace: _Trace,
+        trace: Trace,
     ) -> bytes:
         answers: list[Any] = [None] * len(calls)
         reads: list[tuple[int, Call]] = []
@@ -673,7 +528,7 @@ class Gateway:
                     )
             elif method == _WRITE_METHOD:
                 writes.append((index, call))
-            elif method == "eth_getLogs" and (refused := self._batch_logs(chain, plan, call)):
+            elif method == "eth_getLogs" and (refused := self.reads.batch_logs(chain, plan, call)):
                 if not call.notification:
                     answers[index] = refused.to_object(call.id)
             elif (need := need_of(chain, method, call)) is not None and (
@@ -709,7 +564,7 @@ class Gateway:
         chain: ChainState,
         reads: list[tuple[int, Call]],
         answers: list[Any],
-        trace: _Trace,
+        trace: Trace,
         *,
         isolate: bool = False,
         need: str | None = None,
@@ -776,7 +631,7 @@ class Gateway:
                 )  # fmt: skip
 
     async def _batch_write(
-        self, chain: ChainState, index: int, call: Call, answers: list[Any], trace: _Trace
+        self, chain: ChainState, index: int, call: Call, answers: list[Any], trace: Trace
     ) -> None:
         try:
             payload = orjson.dumps(call.obj)
@@ -862,7 +717,7 @@ class Gateway:
     # --- telemetry -------------------------------------------------------------------------
 
     def _annotate_span(
-        self, request_id: str, trace: _Trace, method: str, status: int, reason: str | None
+        self, request_id: str, trace: Trace, method: str, status: int, reason: str | None
     ) -> None:
         record = trace.record
         attributes: dict[str, Any] = {
@@ -881,7 +736,7 @@ class Gateway:
         self,
         request: Request,
         request_id: str,
-        trace: _Trace,
+        trace: Trace,
         calls: list[Call],
         response: Response,
         reason: str | None,
@@ -951,32 +806,9 @@ def _request_ids() -> Callable[[], str]:
     return lambda: f"{prefix}{next(counter):010x}"
 
 
-def _answer(call_id: Any, result: bytes) -> bytes:
-    return b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (orjson.dumps(call_id), result)
-
-
-def _with_id(reply: bytes, call_id: Any) -> bytes:
-    """A node's answer to another caller's identical call, with this caller's id."""
-    answer = loads(reply)
-    if not isinstance(answer, dict) or answer.get("id") == call_id:
-        return reply
-    answer["id"] = call_id
-    return orjson.dumps(answer)
-
-
-def _error_code(answer: Any) -> int:
-    if isinstance(answer, dict):
-        error = answer.get("error")
-        if isinstance(error, dict) and isinstance(code := error.get("code"), int):
-            return code
-        if error is not None:
-            return -32603
-    return 0
-
-
 def _call_result(answer: Any) -> tuple[int, str | None]:
     """(code, the gateway's reason) of one batch answer; (0, None) for a result or none."""
-    code = _error_code(answer)
+    code = error_code(answer)
     if not code:
         return 0, None
     data = answer["error"].get("data")
