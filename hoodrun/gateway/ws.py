@@ -131,16 +131,19 @@ class WsSession:
         self.subs: dict[str, _Topic] = {}  # client subscription id -> topic
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
-        self.last_active = time.monotonic()
+        # Any frame (a pong too) proves the peer alive; only messages or subscriptions keep the
+        # socket from being idle.
+        self.last_frame = self.last_message = time.monotonic()
         self.on_close: list[Callable[[WsSession], None]] = []
 
     # --- frames ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        now = self.last_frame = time.monotonic()
         self.protocol.receive_data(data)
         for frame in self.protocol.events_received():
             if isinstance(frame, Frame) and frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                self.last_message = now
                 self._spawn(self._message(bytes(frame.data)))
         self._flush()
         if self.protocol.state is State.CLOSED or self.protocol.close_expected():
@@ -593,7 +596,11 @@ class WebSockets:
         settings = self.gateway.config.ws
         while not session.closed:
             await asyncio.sleep(min(settings.ping_interval, settings.idle_timeout))
-            if time.monotonic() - session.last_active > settings.idle_timeout:
+            now = time.monotonic()
+            if now - session.last_frame > settings.idle_timeout:
+                session.close(1001, "no answer to pings")
+                return
+            if not session.subs and now - session.last_message > settings.idle_timeout:
                 session.close(1001, "idle")
                 return
             session.ping()

@@ -236,3 +236,33 @@ def test_identical_subscriptions_share_one_upstream_subscription(
             await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
+
+
+def test_idle_sockets_are_closed_and_pending_transactions_stream(
+    gateway_factory: Any, sqlite_url: str, anvil_factory: Any
+) -> None:
+    node: Anvil = anvil_factory(chain_id=1, extra_args=("--no-mining",))
+    config = make_config(sqlite_url, {"eth": (1, [node])})
+    ws_settings = config.ws.model_copy(update={"idle_timeout": 0.5, "ping_interval": 0.2})
+    gw: ThreadedGateway = gateway_factory(config.model_copy(update={"ws": ws_settings}))
+    key = gw.key(plan="pro").key
+
+    async def scenario() -> None:
+        async with connect(_ws(gw, key)) as ws:
+            sub = (await _call(ws, "eth_subscribe", ["newPendingTransactions"]))["result"]
+            sent = httpx.post(
+                node.url,
+                json=rpc("eth_sendTransaction", [{"from": SENDER, "to": SENDER, "value": "0x1"}]),
+                timeout=10,
+            ).json()["result"]
+            pending = await _next(ws)
+            assert pending["params"] == {"subscription": sub, "result": sent}
+            await asyncio.sleep(1.0)  # a listener answering pings is not idle: still open
+            assert (await _call(ws, "eth_unsubscribe", [sub], id=2))["result"] is True
+            # No subscription and no message: closed as idle (1001), pongs or not.
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+    asyncio.run(scenario())
