@@ -528,6 +528,11 @@ class Gateway:
                     )
             elif method == _WRITE_METHOD:
                 writes.append((index, call))
+            elif method in _SUBSCRIPTION_METHODS:
+                if not call.notification:
+                    answers[index] = NeedsWebSocket(
+                        f"{method} must be sent alone over a WebSocket, not in a batch"
+                    ).to_object(call.id)
             elif method == "eth_getLogs" and (refused := self.reads.batch_logs(chain, plan, call)):
                 if not call.notification:
                     answers[index] = refused.to_object(call.id)

@@ -68,6 +68,10 @@ def test_calls_and_subscriptions_match_the_node(
             seen = [await _next(ws) for _ in range(2)]  # the new head and the log, either order
             by_sub = {m["params"]["subscription"]: m["params"]["result"] for m in seen}
             assert by_sub[logs]["data"] == "0x" and by_sub[heads]["number"] == "0x4"
+            in_batch = [rpc("eth_subscribe", ["newHeads"], id=7), rpc("eth_chainId", id=8)]
+            await ws.send(orjson.dumps(in_batch).decode())
+            refused, fine = await _next(ws)
+            assert refused["error"]["data"]["reason"] == "use_websocket" and fine["result"] == "0x1"
             assert (await _call(ws, "eth_unsubscribe", [logs], id=3))["result"] is True
             assert (await _call(ws, "eth_unsubscribe", [logs], id=4))["result"] is False
 
