@@ -102,6 +102,32 @@ SourceParam = Annotated[
 Limit = Annotated[int, Query(description=f"How many rows, 1 to {MAX_LIMIT}.")]
 
 
+class Scope:
+    """The query parameters every report takes: what to count, over which range, from where."""
+
+    def __init__(
+        self,
+        org: Org = None,
+        project: Project = None,
+        key: Key = None,
+        chain: Chain = None,
+        from_: From = None,
+        to: To = None,
+        source: SourceParam = "auto",
+    ) -> None:
+        self.org, self.project, self.key, self.chain = org, project, key, chain
+        self.from_, self.to, self.source = from_, to, source
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "org": self.org,
+            "project": self.project,
+            "key": self.key,
+            "chain": self.chain,
+            "source": self.source,
+        }
+
+
 def usage_router(reports_provider: Callable[[], Reports | None], token: str | None) -> APIRouter:
     """The usage endpoints; include them in ``create_api_app``'s app (its handlers render the
     errors). ``reports_provider`` returns ``None`` while the analytics store is not open."""
@@ -116,16 +142,14 @@ def usage_router(reports_provider: Callable[[], Reports | None], token: str | No
     )
 
     async def answer(
-        from_: str | None,
-        to: str | None,
-        source: str,
+        scope: Scope,
         run: Callable[[Reports, datetime, datetime], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         reports = reports_provider()
         if reports is None:
             raise ApiError(503, "analytics_unavailable", "the analytics store is not open")
         try:
-            start, end = reports.bounds(from_, to, source)
+            start, end = reports.bounds(scope.from_, scope.to, scope.source)
             return await run(reports, start, end)
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
@@ -137,12 +161,7 @@ def usage_router(reports_provider: Callable[[], Reports | None], token: str | No
 
     @router.get("")
     async def usage(
-        org: Org = None,
-        project: Project = None,
-        key: Key = None,
-        chain: Chain = None,
-        from_: From = None,
-        to: To = None,
+        scope: Annotated[Scope, Depends()],
         by: Annotated[
             str, Query(description=f"Group by a comma list of {_GROUPS}; empty for totals.")
         ] = "",
@@ -150,77 +169,30 @@ def usage_router(reports_provider: Callable[[], Reports | None], token: str | No
             str | None,
             Query(description="Windows: minute, hour or day; none for one row per group."),
         ] = None,
-        source: SourceParam = "auto",
     ) -> UsageOut:
         """Requests, compute units, errors, latency, bytes and cache hits per group and window."""
 
         async def run(reports: Reports, start: datetime, end: datetime) -> dict[str, Any]:
-            return await reports.usage(
-                start=start,
-                end=end,
-                org=org,
-                project=project,
-                key=key,
-                chain=chain,
-                by=by,
-                every=every,
-                source=source,
-            )
+            return await reports.usage(start=start, end=end, by=by, every=every, **scope.filters())
 
-        return UsageOut.model_validate(await answer(from_, to, source, run))
+        return UsageOut.model_validate(await answer(scope, run))
 
     @router.get("/top-methods")
-    async def top_methods(
-        org: Org = None,
-        project: Project = None,
-        key: Key = None,
-        chain: Chain = None,
-        from_: From = None,
-        to: To = None,
-        limit: Limit = 10,
-        source: SourceParam = "auto",
-    ) -> TopMethodsOut:
+    async def top_methods(scope: Annotated[Scope, Depends()], limit: Limit = 10) -> TopMethodsOut:
         """The methods with the most calls."""
 
         async def run(reports: Reports, start: datetime, end: datetime) -> dict[str, Any]:
-            return await reports.top_methods(
-                start=start,
-                end=end,
-                org=org,
-                project=project,
-                key=key,
-                chain=chain,
-                limit=limit,
-                source=source,
-            )
+            return await reports.top_methods(start=start, end=end, limit=limit, **scope.filters())
 
-        return TopMethodsOut.model_validate(await answer(from_, to, source, run))
+        return TopMethodsOut.model_validate(await answer(scope, run))
 
     @router.get("/top-errors")
-    async def top_errors(
-        org: Org = None,
-        project: Project = None,
-        key: Key = None,
-        chain: Chain = None,
-        from_: From = None,
-        to: To = None,
-        limit: Limit = 10,
-        source: SourceParam = "auto",
-    ) -> TopErrorsOut:
+    async def top_errors(scope: Annotated[Scope, Depends()], limit: Limit = 10) -> TopErrorsOut:
         """The most frequent failures by outcome and JSON-RPC error code."""
 
         async def run(reports: Reports, start: datetime, end: datetime) -> dict[str, Any]:
-            return await reports.top_errors(
-                start=start,
-                end=end,
-                org=org,
-                project=project,
-                key=key,
-                chain=chain,
-                limit=limit,
-                source=source,
-            )
+            return await reports.top_errors(start=start, end=end, limit=limit, **scope.filters())
 
-        return TopErrorsOut.model_validate(await answer(from_, to, source, run))
+        return TopErrorsOut.model_validate(await answer(scope, run))
 
     return router
