@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Coalescer", "MemoryCache", "Plan", "RedisCache", "plan_cache"]
+__all__ = ["Coalescer", "MemoryCache", "Plan", "RedisCache", "plan_cache", "quantity"]
 
 # Where the block parameter sits, per method that reads at a block.
 _BLOCK_ARG = {
@@ -97,7 +97,7 @@ class Plan:
         if result is None:
             return False
         if self.condition == _FINAL_TX:
-            number = _quantity(result.get("blockNumber")) if isinstance(result, dict) else None
+            number = quantity(result.get("blockNumber")) if isinstance(result, dict) else None
             return number is not None and finalized is not None and number <= finalized
         return True
 
@@ -137,7 +137,7 @@ def _final_block(ref: Any, finalized: int | None) -> bool:
         ref = ref.get("blockNumber")
     if ref == "earliest":
         return True
-    number = _quantity(ref)
+    number = quantity(ref)
     return number is not None and finalized is not None and number <= finalized
 
 
@@ -149,10 +149,10 @@ def _final_filter(params: list[Any], finalized: int | None) -> bool:
         return True
     # Both ends must be numbers (a missing end means "latest") and the upper one final.
     start, end = query.get("fromBlock"), query.get("toBlock")
-    return _quantity(start) is not None and _final_block(end, finalized) and end != "earliest"
+    return quantity(start) is not None and _final_block(end, finalized) and end != "earliest"
 
 
-def _quantity(value: Any) -> int | None:
+def quantity(value: Any) -> int | None:
     if isinstance(value, str) and value.startswith("0x") and 2 < len(value) <= 18:
         try:
             return int(value, 16)

@@ -35,6 +35,7 @@ import orjson
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
+from hoodrun.gateway.cache import quantity
 from hoodrun.gateway.errors import (
     Forbidden,
     GatewayError,
@@ -427,7 +428,7 @@ class SubscriptionHub:
 
     async def _notify(self, topic: _Topic, result: Any) -> None:
         if topic.params[0] == "newHeads" and isinstance(result, dict):
-            number = _quantity(result.get("number"))
+            number = quantity(result.get("number"))
             if number is not None and topic.last_head is not None:
                 if number <= topic.last_head:
                     return  # delivered before the switch
@@ -473,15 +474,6 @@ async def _drop(upstream: _Upstream) -> None:
         upstream.reader.cancel()
     with contextlib.suppress(Exception):
         await upstream.socket.close()
-
-
-def _quantity(value: Any) -> int | None:
-    if isinstance(value, str) and value.startswith("0x"):
-        try:
-            return int(value, 16)
-        except ValueError:
-            return None
-    return None
 
 
 def _result(call: Call, result: Any) -> Response:
