@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from gateway import ROOT, _wait_http, start_gateway, wrk
+from gateway import ROOT, _wait_http, post_script, start_gateway, stop, wrk
 
 from hoodrun.devnet import Anvil, ensure_anvil
 
@@ -43,12 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hoodrun-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            f"wrk.body = {json.dumps(BODY)}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script = post_script(tmp, BODY)
         anvil = Anvil(ensure_anvil(ROOT), chain_id=1, extra_args=("--slots-in-an-epoch", "1"))
         anvil.start()
         mine = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": ["0xa"]})
@@ -73,14 +66,7 @@ def main() -> None:
                 wrk(url, 32, args.duration, script, "cache-hit"),
             ]
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            anvil.stop()
+            stop(procs, anvil)
     print('# eth_getBlockByNumber("0x1"): anvil vs gateway cache hits (telemetry on)')
     for result in results:
         print(result.line())

@@ -119,6 +119,29 @@ http {{
     return proc, port
 
 
+def post_script(tmp: Path, body: str) -> Path:
+    """A wrk script that POSTs ``body`` as JSON."""
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return script
+
+
+def stop(procs: list[subprocess.Popen[bytes]], anvil: Anvil) -> None:
+    """SIGTERM the gateways (killed if they take over 20 s), then stop anvil."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    anvil.stop()
+
+
 def start_gateway(
     tmp: Path,
     anvil: Anvil,
@@ -194,12 +217,7 @@ def main() -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": args.method, "params": []})
     with tempfile.TemporaryDirectory(prefix="hoodrun-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script = post_script(tmp, body)
         anvil = Anvil(ensure_anvil(ROOT), chain_id=1).start()
         nginx, nginx_port = start_nginx(tmp, anvil.port)
         gateways, gw_port, key = start_gateway(

@@ -16,13 +16,12 @@ import argparse
 import asyncio
 import json
 import resource
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from gateway import ROOT, _wait_http, start_gateway, wrk
+from gateway import ROOT, _wait_http, post_script, start_gateway, stop, wrk
 
 from hoodrun.config import RetentionConfig
 from hoodrun.devnet import Anvil, ensure_anvil
@@ -88,12 +87,7 @@ def gateway_bench(duration: float) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
     with tempfile.TemporaryDirectory(prefix="hoodrun-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script = post_script(tmp, body)
         anvil = Anvil(ensure_anvil(ROOT), chain_id=1).start()
         off, off_port, off_key = start_gateway(tmp, anvil, False, 1, telemetry=False)
         on, on_port, on_key = start_gateway(tmp, anvil, False, 1, telemetry=True)
@@ -111,14 +105,7 @@ def gateway_bench(duration: float) -> None:
                 for name in ("off", "on", "off", "on")
             ]
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            anvil.stop()
+            stop(procs, anvil)
     print("# gateway, eth_chainId, c32, telemetry off vs on (chDB)")
     for result in results:
         print(result.line())

@@ -16,15 +16,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from gateway import ROOT, _wait_http, start_gateway
+from gateway import ROOT, _wait_http, start_gateway, stop
 from websockets.asyncio.client import connect
 
 from hoodrun.devnet import Anvil, ensure_anvil
@@ -101,14 +99,7 @@ def main() -> None:
             ):
                 asyncio.run(fan_out(name, url, anvil.url, args.subscribers, args.blocks, pid))
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            anvil.stop()
+            stop(procs, anvil)
 
 
 if __name__ == "__main__":
