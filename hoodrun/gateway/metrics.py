@@ -12,10 +12,16 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
+from hoodrun import __version__
 from hoodrun.telemetry.sink import RequestRecord
 
 __all__ = ["GatewayMetrics", "MetricsSink"]
@@ -27,37 +33,45 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Per upstream: (metric name, help, the snapshot's field, scale). Absent values are not exported
+# (a node without ``net_peerCount`` or a closed ``txpool`` namespace has no series).
+_UPSTREAM_GAUGES = (
+    ("hoodrun_upstream_healthy", "1 if the upstream takes traffic", "healthy", 1.0),
+    ("hoodrun_upstream_head_block", "Latest block seen on the upstream", "head", 1.0),
+    ("hoodrun_upstream_lag_blocks", "Blocks behind the chain's best head", "lag", 1.0),
+    ("hoodrun_upstream_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+     "breaker", 1.0),
+    ("hoodrun_upstream_latency_ewma_seconds", "Smoothed upstream latency", "latency_ms", 0.001),
+    ("hoodrun_upstream_check_latency_seconds", "Round trip of the last health check",
+     "check_latency_ms", 0.001),
+    ("hoodrun_upstream_peers", "Peers of the node (net_peerCount)", "peers", 1.0),
+    ("hoodrun_upstream_syncing", "1 if the node says it is syncing (eth_syncing)", "syncing",
+     1.0),
+    ("hoodrun_upstream_txpool_pending", "Pending transactions in the node's pool (txpool_status)",
+     "txpool_pending", 1.0),
+    ("hoodrun_upstream_txpool_queued", "Queued transactions in the node's pool (txpool_status)",
+     "txpool_queued", 1.0),
+)  # fmt: skip
+
+
 class _PoolCollector(Collector):
-    """Upstream health, head, breaker state and chain head, read from the pools at scrape time."""
+    """The node monitor's view of every upstream (health, head, lag, breaker, peers, sync state,
+    transaction pool, client version, latency) and each chain's head, read from the pools at
+    scrape time."""
 
     def __init__(self, snapshots: Callable[[], Iterable[tuple[str, int | None, list[Any]]]]):
         self._snapshots = snapshots
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        healthy = GaugeMetricFamily(
-            "hoodrun_upstream_healthy",
-            "1 if the upstream takes traffic",
-            labels=["chain", "upstream"],
-        )
-        head = GaugeMetricFamily(
-            "hoodrun_upstream_head_block",
-            "Latest block seen on the upstream",
-            labels=["chain", "upstream"],
-        )
-        lag = GaugeMetricFamily(
-            "hoodrun_upstream_lag_blocks",
-            "Blocks behind the chain's best head",
-            labels=["chain", "upstream"],
-        )
-        breaker = GaugeMetricFamily(
-            "hoodrun_upstream_breaker_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open",
-            labels=["chain", "upstream"],
-        )
-        latency = GaugeMetricFamily(
-            "hoodrun_upstream_latency_ewma_seconds",
-            "Smoothed upstream latency",
-            labels=["chain", "upstream"],
+        labels = ["chain", "upstream"]
+        gauges = [
+            (GaugeMetricFamily(name, doc, labels=labels), field, scale)
+            for name, doc, field, scale in _UPSTREAM_GAUGES
+        ]
+        info = GaugeMetricFamily(
+            "hoodrun_upstream_info",
+            "Always 1; the node's client version (web3_clientVersion) as a label",
+            labels=["chain", "upstream", "client_version"],
         )
         chain_head = GaugeMetricFamily(
             "hoodrun_chain_head_block", "Best head block of the chain's upstreams", labels=["chain"]
@@ -66,16 +80,15 @@ class _PoolCollector(Collector):
             if best is not None:
                 chain_head.add_metric([chain], best)
             for up in upstreams:
-                labels = [chain, up["name"]]
-                healthy.add_metric(labels, 1 if up["healthy"] else 0)
-                if up.get("head") is not None:
-                    head.add_metric(labels, up["head"])
-                if up.get("lag") is not None:
-                    lag.add_metric(labels, up["lag"])
-                breaker.add_metric(labels, int(up["breaker"]))
-                if up.get("latency_ms") is not None:
-                    latency.add_metric(labels, up["latency_ms"] / 1000.0)
-        yield from (healthy, head, lag, breaker, latency, chain_head)
+                names = [chain, up["name"]]
+                for family, field, scale in gauges:
+                    value = up.get(field)
+                    if value is not None:
+                        family.add_metric(names, float(value) * scale)
+                info.add_metric([*names, up.get("client_version") or "unknown"], 1)
+        yield from (family for family, _, _ in gauges)
+        yield info
+        yield chain_head
 
 
 class _Counter:
@@ -139,6 +152,14 @@ class _Collector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         for metric in self._metrics:
             yield metric.family()
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[InfoMetricFamily]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[InfoMetricFamily]:
+        yield from self._families
 
 
 class GatewayMetrics:
@@ -214,6 +235,9 @@ class GatewayMetrics:
                 ]
             )
         )
+        ProcessCollector(registry=self.registry)  # process_start_time_seconds, CPU, memory
+        build = InfoMetricFamily("hoodrun_build", "HoodRun's version", {"version": __version__})
+        self.registry.register(_Fixed([build]))
         self._methods: set[str] = set()
 
     def watch_pools(

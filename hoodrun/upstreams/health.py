@@ -1,10 +1,12 @@
-"""One health check of one upstream: head, sync state, peers (and chain id until verified).
+"""One health check of one upstream: head, sync state, peers, transaction pool (and chain id and
+client version until the chain id is verified).
 
 A check is one JSON-RPC batch ``[eth_blockNumber, eth_syncing, net_peerCount, the "finalized"
-block's header (, eth_chainId)]``. Nodes that refuse batches get the calls one by one (and are
-remembered as such). Only ``eth_blockNumber`` (and ``eth_chainId`` when asked for) must succeed;
-an error from ``eth_syncing``, ``net_peerCount`` (anvil has no ``net_peerCount``) or the finalized
-block (chains without finality tags) means "unknown", which counts as fine.
+block's header, txpool_status (, eth_chainId, web3_clientVersion)]``. Nodes that refuse batches
+get the calls one by one (and are remembered as such). Only ``eth_blockNumber`` (and
+``eth_chainId`` when asked for) must succeed; an error from the others (anvil has no
+``net_peerCount``, many nodes keep the ``txpool`` namespace closed, chains without finality tags
+have no "finalized" block) means "unknown", which counts as fine.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from hoodrun.upstreams.errors import UpstreamError
 
 __all__ = ["HealthReport", "check_upstream"]
 
-_BLOCK, _SYNCING, _PEERS, _CHAIN, _FINAL = 1, 2, 3, 4, 5
+_BLOCK, _SYNCING, _PEERS, _CHAIN, _FINAL, _TXPOOL, _VERSION = 1, 2, 3, 4, 5, 6, 7
 _METHODS = {
     _BLOCK: "eth_blockNumber",
     _SYNCING: "eth_syncing",
     _PEERS: "net_peerCount",
     _CHAIN: "eth_chainId",
     _FINAL: "eth_getBlockByNumber",
+    _TXPOOL: "txpool_status",
+    _VERSION: "web3_clientVersion",
 }
 _PARAMS: dict[int, list[Any]] = {_FINAL: ["finalized", False]}
 
@@ -37,9 +41,10 @@ def _call(ident: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_ALWAYS = (_BLOCK, _SYNCING, _PEERS, _FINAL)
+_ALWAYS = (_BLOCK, _SYNCING, _PEERS, _FINAL, _TXPOOL)
+_FIRST = (*_ALWAYS, _CHAIN, _VERSION)  # until the chain id is verified
 _BATCH = orjson.dumps([_call(i) for i in _ALWAYS])
-_BATCH_WITH_CHAIN = orjson.dumps([_call(i) for i in (*_ALWAYS, _CHAIN)])
+_BATCH_WITH_CHAIN = orjson.dumps([_call(i) for i in _FIRST])
 _SINGLE = {ident: orjson.dumps(_call(ident)) for ident in _METHODS}
 
 
@@ -57,7 +62,10 @@ class HealthReport:
     syncing: bool | None = None
     peers: int | None = None
     finalized: int | None = None  # the node's "finalized" block number, if it has the tag
+    txpool_pending: int | None = None
+    txpool_queued: int | None = None
     chain_id: int | None = None
+    client_version: str | None = None  # asked with the chain id
     latency: float = 0.0
     batch: bool = True  # the node accepts batches
 
@@ -110,7 +118,7 @@ async def _one_by_one(
     http: HttpPool, deadline: float, want_chain_id: bool
 ) -> dict[int, dict[str, Any]]:
     answers: dict[int, dict[str, Any]] = {}
-    idents = (*_ALWAYS, _CHAIN) if want_chain_id else _ALWAYS
+    idents = _FIRST if want_chain_id else _ALWAYS
     for ident in idents:
         status, reply = await http.post(_SINGLE[ident], _remaining(deadline))
         try:
@@ -131,29 +139,38 @@ def _read(answers: dict[int, dict[str, Any]], want_chain_id: bool) -> HealthRepo
         # false, or an object describing the sync; some nodes say true.
         syncing = sync["result"] is not False
     peers = _quantity(answers, _PEERS, required=False)
-    finalized = None
     final = answers.get(_FINAL)
     block = None if final is None else final.get("result")
-    if isinstance(block, dict) and isinstance(block.get("number"), str):
-        try:
-            finalized = int(block["number"], 16)
-        except ValueError:
-            finalized = None
+    finalized = _hex(block.get("number")) if isinstance(block, dict) else None
+    pending = queued = None
+    txpool = answers.get(_TXPOOL)
+    pool = None if txpool is None else txpool.get("result")
+    if isinstance(pool, dict):
+        pending, queued = _hex(pool.get("pending")), _hex(pool.get("queued"))
+    version = answers.get(_VERSION)
+    client = None if version is None else version.get("result")
     return HealthReport(
-        ok=True, head=head, syncing=syncing, peers=peers, finalized=finalized, chain_id=chain_id
-    )
+        ok=True, head=head, syncing=syncing, peers=peers, finalized=finalized,
+        txpool_pending=pending, txpool_queued=queued, chain_id=chain_id,
+        client_version=client[:200] if isinstance(client, str) else None,
+    )  # fmt: skip
+
+
+def _hex(value: Any) -> int | None:
+    if isinstance(value, str):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None
 
 
 def _quantity(answers: dict[int, dict[str, Any]], ident: int, *, required: bool) -> int | None:
     answer = answers.get(ident)
     result = None if answer is None else answer.get("result")
-    if isinstance(result, str):
-        try:
-            return int(result, 16)
-        except ValueError:
-            pass
-    if not required:
-        return None
+    value = _hex(result)
+    if value is not None or not required:
+        return value
     method = _METHODS[ident]
     if answer is None:
         raise _CheckFailed(f"{method}: no answer")

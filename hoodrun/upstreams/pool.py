@@ -444,11 +444,15 @@ class ChainPool:
         )
         up.checked_at = self._clock()
         up.batch_ok = report.batch
+        up.check_latency = report.latency
         if report.ok:
             up.reachable = True
             up.check_error = None
             up.head, up.syncing, up.peers = report.head, report.syncing, report.peers
             up.finalized = report.finalized
+            up.txpool_pending, up.txpool_queued = report.txpool_pending, report.txpool_queued
+            if report.client_version is not None:
+                up.client_version = report.client_version
             if want_chain_id:
                 if report.chain_id == self.chain.chain_id:
                     up.chain_verified = True

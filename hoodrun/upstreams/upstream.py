@@ -31,7 +31,9 @@ class Upstream:
         "breaker",
         "chain_verified",
         "check_error",
+        "check_latency",
         "checked_at",
+        "client_version",
         "config",
         "error_rate",
         "ewma_latency",
@@ -49,6 +51,8 @@ class Upstream:
         "reachable",
         "syncing",
         "tags",
+        "txpool_pending",
+        "txpool_queued",
         "url",
         "weight",
         "wrong_chain_id",
@@ -96,6 +100,10 @@ class Upstream:
         self.syncing: bool | None = None
         self.peers: int | None = None
         self.finalized: int | None = None
+        self.txpool_pending: int | None = None
+        self.txpool_queued: int | None = None
+        self.client_version: str | None = None
+        self.check_latency: float | None = None  # seconds, the last check's round trip
         self.lag: int | None = None
         self.chain_verified = False
         self.wrong_chain_id: int | None = None
@@ -157,6 +165,12 @@ class Upstream:
             "syncing": self.syncing,
             "peers": self.peers,
             "finalized": self.finalized,
+            "txpool_pending": self.txpool_pending,
+            "txpool_queued": self.txpool_queued,
+            "client_version": self.client_version,
+            "check_latency_ms": (
+                None if self.check_latency is None else round(self.check_latency * 1000.0, 3)
+            ),
             "breaker": self.breaker.state,  # an IntEnum: int() for gauges, .name for people
             "breaker_state": self.breaker.state.name.lower(),
             "latency_ms": round(self.ewma_latency * 1000.0, 3),

@@ -162,6 +162,13 @@ def test_ready_and_metrics(
     assert 'hoodrun_upstream_breaker_state{chain="eth",upstream="eth-0"} 0.0' in metrics
     assert "hoodrun_request_duration_seconds_bucket" in metrics
     assert "hoodrun_chain_head_block" in metrics
+    # The node monitor's figures: what anvil answers, and nothing for what it does not.
+    assert 'hoodrun_upstream_txpool_pending{chain="eth",upstream="eth-0"} 0.0' in metrics
+    assert 'hoodrun_upstream_syncing{chain="eth",upstream="eth-0"} 0.0' in metrics
+    assert 'client_version="anvil/' in metrics
+    assert "hoodrun_upstream_peers{" not in metrics  # anvil has no net_peerCount
+    assert 'hoodrun_upstream_check_latency_seconds{chain="eth",upstream="eth-0"}' in metrics
+    assert "process_start_time_seconds" in metrics and "hoodrun_build_info{" in metrics
 
 
 def test_body_and_batch_size_limits(

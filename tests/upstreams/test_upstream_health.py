@@ -50,9 +50,35 @@ async def test_check_of_a_real_node(eth_anvil: Anvil) -> None:
         assert report.head is not None and report.head >= 0
         assert report.syncing is False
         assert report.peers is None  # anvil answers net_peerCount with "Method not found"
+        assert report.txpool_pending == 0 and report.txpool_queued == 0
+        assert report.client_version is not None and report.client_version.startswith("anvil/")
         assert report.batch and report.latency > 0
+        # Once the chain id is verified, the client version is not asked again.
+        later = await check_upstream(http, 2.0, want_chain_id=False)
+        assert later.ok and later.chain_id is None and later.client_version is None
     finally:
         await http.aclose()
+
+
+async def test_the_node_monitor_sees_the_transaction_pool_fill(anvil_factory: Any) -> None:
+    node = anvil_factory(chain_id=1, extra_args=("--no-mining",))
+    async with ChainPool(chain_config(node.url), health_config(), gateway_config()) as pool:
+        up = pool.upstreams[0]
+        assert up.txpool_pending == 0 and up.client_version.startswith("anvil/")
+        http = HttpPool(node.url, max_connections=1)
+        try:
+            accounts = orjson.loads((await http.post(call_body("eth_accounts"), 2.0))[1])
+            sender, receiver = accounts["result"][:2]
+            for _ in range(3):
+                tx = {"from": sender, "to": receiver, "value": "0x1"}
+                status, _ = await http.post(call_body("eth_sendTransaction", [tx]), 2.0)
+                assert status == 200
+        finally:
+            await http.aclose()
+        await pool.check_now()
+        snapshot = pool.snapshot()[0]
+        assert snapshot["txpool_pending"] == 3 and snapshot["txpool_queued"] == 0
+        assert snapshot["check_latency_ms"] is not None and snapshot["check_latency_ms"] > 0
 
 
 async def test_nodes_refusing_batches_are_asked_one_call_at_a_time(tiny_server: MakeServer) -> None:
@@ -66,7 +92,8 @@ async def test_nodes_refusing_batches_are_asked_one_call_at_a_time(tiny_server: 
         # Remembered: no batch is tried again; the chain id is not asked again once verified.
         methods = [r.json()["method"] for r in server.requests[asked:]]
         assert methods == [
-            "eth_blockNumber", "eth_syncing", "net_peerCount", "eth_getBlockByNumber"
+            "eth_blockNumber", "eth_syncing", "net_peerCount", "eth_getBlockByNumber",
+            "txpool_status",
         ]  # fmt: skip
 
 
