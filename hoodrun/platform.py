@@ -22,6 +22,7 @@ from hoodrun.config import ChainConfig, Config, UpstreamConfig, parse_listen
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
+from hoodrun.ops.alerts import AlertBook
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
 from hoodrun.telemetry.service import Telemetry, open_telemetry
@@ -125,7 +126,11 @@ async def run_platform(
             host, port = parse_listen(config.api_listen)
             reports = await _open_reports(config, telemetry, stack)
             app = create_api_app(
-                config, keys, token=config.resolved_admin_token(), reports=lambda: reports
+                config,
+                keys,
+                token=config.resolved_admin_token(),
+                reports=lambda: reports,
+                alerts=AlertBook(store),
             )
             server = _Uvicorn(
                 uvicorn.Config(

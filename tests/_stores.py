@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from hoodrun.store import Store, upgrade
+from hoodrun.store.tables import metadata
 from tests.conftest import PG_ADMIN_URL, _pg_exec
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 
 BACKENDS = ["sqlite", "postgresql"]
 # Children first. DELETE, not TRUNCATE: on a handful of rows it is many times faster.
-_TABLES = ("audit_log", "api_keys", "projects", "orgs", "plans")
+_TABLES = tuple(table.name for table in reversed(metadata.sorted_tables))
 
 
 @dataclass

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.exceptions import HTTPException
 
 from hoodrun import __version__
@@ -34,6 +41,7 @@ from hoodrun.keys.service import KeyService
 from hoodrun.store import StoreUnavailable
 
 if TYPE_CHECKING:
+    from hoodrun.ops.alerts import AlertBook
     from hoodrun.telemetry.reporting import Reports
 
 __all__ = ["ACTOR", "create_api_app"]
@@ -80,9 +88,11 @@ def create_api_app(
     *,
     token: str | None,
     reports: Callable[[], Reports | None] | None = None,
+    alerts: AlertBook | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
+    ``alerts`` (the store's alert book) adds Alertmanager's webhook and the alerts list.
     ``reports`` gives the usage reports (``/api/v1/usage``) their analytics store, or ``None``
     while it is unavailable (503).
 
@@ -126,6 +136,24 @@ def create_api_app(
     @app.get("/health/live")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        """Ready when the database answers."""
+        try:
+            await keys.store.ping()
+        except StoreUnavailable:
+            body = {"status": "fail", "checks": {"store": {"ok": False}}}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "checks": {"store": {"ok": True}}})
+
+    metrics = CollectorRegistry()
+    ProcessCollector(registry=metrics)
+    Info("hoodrun_build", "HoodRun's version", registry=metrics).info({"version": __version__})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def render_metrics() -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @admin.post("/keys", status_code=status.HTTP_201_CREATED)
     async def create_key(body: CreateKeyRequest) -> CreatedKeyOut:
@@ -190,4 +218,8 @@ def create_api_app(
         from hoodrun.api.usage import usage_router
 
         app.include_router(usage_router(reports, token))
+    if alerts is not None:
+        from hoodrun.api.alerts import alerts_router
+
+        app.include_router(alerts_router(alerts, token))
     return app

@@ -64,6 +64,10 @@ class KeyService:
         self._events = events
         self._clock = clock
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     def now(self) -> datetime:
         """The service's clock (injected in tests): what key states are judged against."""
         return self._clock()

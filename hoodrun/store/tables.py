@@ -1,6 +1,7 @@
 """The business tables (SQLAlchemy Core). The schema itself is created by the migrations.
 
-org → projects → api_keys; plans mirror the config; audit_log records every change.
+org → projects → api_keys; plans mirror the config; audit_log records every change; alerts holds
+what Alertmanager last said of each alert (by its fingerprint).
 Key material is never stored: ``api_keys.hash`` is base64(SHA-256(key)) and ``start`` is the
 short prefix people use to tell keys apart.
 """
@@ -23,7 +24,7 @@ from sqlalchemy import (
 
 from hoodrun.store.columns import JSONType, UTCDateTime
 
-__all__ = ["api_keys", "audit_log", "metadata", "orgs", "plans", "projects"]
+__all__ = ["alerts", "api_keys", "audit_log", "metadata", "orgs", "plans", "projects"]
 
 # Deterministic constraint names, so later migrations can refer to them on both backends.
 metadata = MetaData(
@@ -104,4 +105,20 @@ audit_log = Table(
     Column("target_type", String(32), nullable=False),
     Column("target_id", String(64), nullable=False, index=True),
     Column("details", JSONType, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("status", String(16), nullable=False),  # firing | resolved
+    Column("severity", String(32), nullable=False),
+    Column("labels", JSONType, nullable=False),
+    Column("annotations", JSONType, nullable=False),
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("ends_at", UTCDateTime(), nullable=True),
+    Column("generator_url", String(512), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False, index=True),
+    Index("ix_alerts_status", "status"),
 )

@@ -1,0 +1,1 @@
+"""Operations: what the platform learns about itself from its monitoring (alerts)."""
