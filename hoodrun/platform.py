@@ -18,7 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from hoodrun.api.app import create_api_app
-from hoodrun.config import ChainConfig, Config, UpstreamConfig, parse_listen
+from hoodrun.config import ChainConfig, Config, ConfigError, UpstreamConfig, parse_listen
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
@@ -92,8 +92,13 @@ async def run_platform(
     ready: Callable[[Running], None] | None = None,
     stop: asyncio.Event | None = None,
     reuse_port: bool = False,
+    reload: Callable[[], Config] | None = None,
 ) -> None:
-    """Run the chosen roles until SIGINT/SIGTERM (or ``stop`` is set)."""
+    """Run the chosen roles until SIGINT/SIGTERM (or ``stop`` is set).
+
+    ``reload`` reads the config again (from its file): on SIGHUP the gateway adopts its chains,
+    upstreams, plans, health checks and public access while serving; a config that does not
+    load is refused with its errors in the log, and the running one stays."""
     stop = _stop_on_signals(stop)
     if config.database_url.startswith("sqlite"):
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
@@ -106,6 +111,7 @@ async def run_platform(
         gateway_url = api_url = ""
         gateway_port = 0
         telemetry: Telemetry | None = None
+        runtime: GatewayRuntime | None = None
         if gateway:
             # With both roles here this process also owns the analytics store's writes (and,
             # with NATS, consumes the stream): the api's reports read the same store.
@@ -155,6 +161,8 @@ async def run_platform(
             if task.done():
                 task.result()  # raises the bind error
             api_url = f"http://{host}:{port}"
+        if reload is not None and runtime is not None:
+            _reload_on_sighup(runtime, keys, reload, stack)
         info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
         if demo:
             plan = "pro" if config.plan("pro") else config.default_plan
@@ -166,6 +174,44 @@ async def run_platform(
             ready(info)
         await stop.wait()
         log.info("stopping: finishing requests in flight")
+
+
+def _reload_on_sighup(
+    runtime: GatewayRuntime, keys: KeyService, read: Callable[[], Config], stack: AsyncExitStack
+) -> None:
+    """SIGHUP: read the config again and hand it to the gateway (one reload at a time)."""
+    loop = asyncio.get_running_loop()
+    lock = asyncio.Lock()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        async with lock:
+            try:
+                config = read()
+            except ConfigError as exc:
+                log.error("reload refused, the running config stays: %s", exc)
+                return
+            try:
+                restart = await runtime.reload(config)
+            except Exception:
+                log.exception("reload failed")
+                return
+            keys.config = runtime.config
+            chains = ", ".join(chain.name for chain in runtime.config.chains)
+            log.info("config reloaded: chains %s; %d plans", chains, len(runtime.config.plans))
+            for change in restart:
+                log.warning("config change needs a restart (not applied): %s", change)
+
+    def on_signal() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_signal)
+    except (NotImplementedError, RuntimeError):  # not the main thread (tests run it there)
+        return
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
 
 async def _open_reports(

@@ -1,4 +1,4 @@
-"""The ``hoodrun`` command line: ``hoodrun [-c CONFIG] keys|db|gateway|up ...``.
+"""The ``hoodrun`` command line: ``hoodrun [-c CONFIG] keys|db|config|gateway|up ...``.
 
 The config is loaded lazily, once, by the first command that needs it (so ``--help`` works even
 with a broken config file). Error conventions: an invalid config exits 2, a user error (unknown
@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from hoodrun.config import Config, ConfigError, load_config
 
-__all__ = ["CliState", "app", "config_of", "fail", "main", "stderr", "stdout"]
+__all__ = ["CliState", "app", "config_of", "fail", "main", "state_of", "stderr", "stdout"]
 
 DEFAULT_CONFIG = Path("hoodrun.yaml")
 
@@ -41,15 +41,19 @@ class CliState:
 
     def config(self) -> Config:
         if self._config is None:
-            path = self.config_path
-            if path is None and DEFAULT_CONFIG.exists():
-                path = DEFAULT_CONFIG
             try:
-                self._config = load_config(path)
+                self._config = self.read()
             except ConfigError as exc:
                 stderr.print(escape(str(exc)))
                 raise typer.Exit(2) from None
         return self._config
+
+    def read(self) -> Config:
+        """The config as its file says now (a reload); raises ``ConfigError``."""
+        path = self.config_path
+        if path is None and DEFAULT_CONFIG.exists():
+            path = DEFAULT_CONFIG
+        return load_config(path)
 
 
 @app.callback()
@@ -71,11 +75,15 @@ def _root(
 
 def config_of(ctx: typer.Context) -> Config:
     """The loaded config (exits 2 with the config error's message if it is invalid)."""
+    return state_of(ctx).config()
+
+
+def state_of(ctx: typer.Context) -> CliState:
     state = ctx.find_root().obj
     if not isinstance(state, CliState):  # a sub-app invoked on its own, e.g. in a test
         state = CliState(None)
         ctx.find_root().obj = state
-    return state.config()
+    return state
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -89,11 +97,13 @@ def main() -> None:
     app()
 
 
+from hoodrun.cli import config as _config  # noqa: E402
 from hoodrun.cli import db as _db  # noqa: E402
 from hoodrun.cli import keys as _keys  # noqa: E402
 
 app.add_typer(_keys.app, name="keys")
 app.add_typer(_db.app, name="db")
+app.add_typer(_config.app, name="config")
 
 from hoodrun.cli import run as _run  # noqa: E402
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from hoodrun.config import ConfigError
+from hoodrun.config import Config, ConfigError
 from hoodrun.devnet import AnvilError
 from hoodrun.upstreams import ChainIdMismatch
 
@@ -81,22 +81,31 @@ def register(app: typer.Typer) -> None:
         ] = False,
         demo: Annotated[bool, typer.Option(help="Create a demo org and key and print it.")] = True,
     ) -> None:
-        """Run the whole platform in one process (gateway + admin API) on the config's backends."""
-        from hoodrun.cli import config_of, fail
+        """Run the whole platform in one process (gateway + admin API) on the config's backends.
+
+        SIGHUP reloads chains, upstreams and plans from the config file (with --devnet, the
+        devnet's chains stay)."""
+        from hoodrun.cli import config_of, fail, state_of
         from hoodrun.platform import run_platform, start_devnet
 
         config = config_of(ctx)
         _setup_logging(config.log_level, config.log_format)
+        read = state_of(ctx).read
         with contextlib.ExitStack() as stack:
             if devnet:
                 try:
                     config = start_devnet(config, stack)
                 except AnvilError as exc:
                     fail(f"cannot start the devnet: {exc}")
+                chains = config.chains
+
+                def read() -> Config:
+                    return state_of(ctx).read().model_copy(update={"chains": chains})
+
             if not config.chains:
                 fail("no chains configured: add chains to the config, or use --devnet")
             try:
-                _run(run_platform(config, demo=demo, ready=_print_demo))
+                _run(run_platform(config, demo=demo, ready=_print_demo, reload=read))
             except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
                 fail(str(exc))
 
@@ -107,8 +116,11 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="SO_REUSEPORT, to run several gateway processes on one port.")
         ] = False,
     ) -> None:
-        """Run the gateway role only (the hot path: /{chain}/v1/{KEY}, /health/*, /metrics)."""
-        from hoodrun.cli import config_of, fail
+        """Run the gateway role only (the hot path: /{chain}/v1/{KEY}, /health/*, /metrics).
+
+        SIGHUP reloads chains, upstreams and plans from the config file without dropping
+        requests."""
+        from hoodrun.cli import config_of, fail, state_of
         from hoodrun.platform import Running, run_platform
 
         config = config_of(ctx)
@@ -139,7 +151,15 @@ def register(app: typer.Typer) -> None:
             print(f"gateway listening on port {running.gateway_port}", flush=True)
 
         try:
-            _run(run_platform(config, api=False, ready=listening, reuse_port=reuse_port))
+            _run(
+                run_platform(
+                    config,
+                    api=False,
+                    ready=listening,
+                    reuse_port=reuse_port,
+                    reload=state_of(ctx).read,
+                )
+            )
         except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
             fail(str(exc))
 

@@ -53,8 +53,10 @@ from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, Memory
 from hoodrun.logs import REQUEST_ID
 from hoodrun.telemetry.sink import RequestRecord, TelemetrySink
 from hoodrun.upstreams import (
+    ChainIdMismatch,
     ChainPool,
     NoHealthyUpstream,
+    Upstream,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -157,6 +159,7 @@ class Gateway:
         self.sockets = WebSockets(self)
         self.tracer = tracer  # an OpenTelemetry tracer, or None: no tracing work at all
         self.reads = Reads(self, shared_cache)
+        self._retiring: set[asyncio.Task[None]] = set()
         self._metrics_watch()
 
     def _metrics_watch(self) -> None:
@@ -164,6 +167,74 @@ class Gateway:
             return [(c.name, c.pool.best_head(), c.pool.snapshot()) for c in self.chains.values()]
 
         self.metrics.watch_pools(snapshots)
+
+    # --- reload ----------------------------------------------------------------------------
+
+    async def reload(self, config: Config) -> None:
+        """Adopt ``config``'s chains, upstreams and plans while serving (SIGHUP).
+
+        ``config`` is the running config with only its reloadable parts changed (see
+        ``hoodrun.configdiff.reloadable``). New chains start (their upstreams checked first);
+        existing ones adopt their new upstreams in place (``ChainPool.reconfigure``); removed
+        chains and upstreams leave at once and are closed once the requests they serve are done
+        (at most ``gateway.request_timeout`` later). A request in flight finishes where it
+        began; the next one sees the new set. A new chain whose node reports another chain id
+        is not added (logged).
+        """
+        grace = self.config.gateway.request_timeout + 1.0
+        chains = dict(self.chains)
+        retiring: list[Upstream] = []
+        for chain_config in config.chains:
+            health = config.health_for(chain_config)
+            state = chains.get(chain_config.name)
+            if state is None:
+                pool = ChainPool(chain_config, health, config.gateway)
+                try:
+                    await pool.start()
+                except ChainIdMismatch as exc:
+                    log.error("reload: chain %s not added: %s", chain_config.name, exc)
+                    continue
+                chains[chain_config.name] = ChainState(chain_config, pool)
+                log.info("reload: chain %s added", chain_config.name)
+            else:
+                retiring += await state.pool.reconfigure(chain_config, health)
+                state.reconfigure(chain_config)
+        removed = [state for name, state in chains.items() if config.chain(name) is None]
+        for state in removed:
+            del chains[state.name]
+            log.info("reload: chain %s removed", state.name)
+        self.config = config
+        self.policy = Policy(config)
+        self.chains = chains  # one assignment: a request sees the old set or the new one
+        for state in removed:
+            await self.sockets.drop_chain(state.name)
+        if retiring or removed:
+            task = asyncio.get_running_loop().create_task(
+                self._retire(retiring, [state.pool for state in removed], grace)
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(upstreams: list[Upstream], pools: list[ChainPool], grace: float) -> None:
+        """Close what left rotation once the requests it serves are done (at most ``grace``
+        seconds from now)."""
+        busy = [*upstreams, *(up for pool in pools for up in pool.upstreams)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(up.inflight for up in busy) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.gather(
+            *(up.aclose() for up in upstreams),
+            *(pool.aclose() for pool in pools),
+            return_exceptions=True,
+        )
+
+    async def close_pools(self) -> None:
+        """Close every chain's pool (at shutdown, after the server stopped: nothing is in
+        flight, so what a reload retired closes at once)."""
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*(state.pool.aclose() for state in self.chains.values()))
 
     # --- entry -----------------------------------------------------------------------------
 

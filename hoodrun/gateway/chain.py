@@ -52,18 +52,26 @@ class ChainState:
         self.pool = pool
         self.served_head = 0
         self.served_finalized = -1
+        self.global_bucket: Bucket | None = None
+        self.hedge_methods: tuple[str, ...] | None = None
+        self._hedge_after: float | None = None
+        self.reconfigure(config)
+        self._latencies: deque[float] = deque(maxlen=512)
+        self._samples = 0
+
+    def reconfigure(self, config: ChainConfig) -> None:
+        """Adopt the chain's new config (a reload); the heads served so far stay."""
+        rate = config.rate
+        # The limiter keeps a bucket's state by its name: a new rate applies from now on.
         self.global_bucket = (
-            Bucket(f"c:{config.name}", config.rate.rps, config.rate.capacity)
-            if config.rate is not None
-            else None
+            None if rate is None else Bucket(f"c:{config.name}", rate.rps, rate.capacity)
         )
+        self.config = config
         hedge = config.hedge
         self.hedge_methods = None if hedge is None else hedge.methods
         # The delay before a hedge: fixed, or a percentile of recent upstream latencies
         # (recomputed every 64 answers; no hedging until 64 were seen).
         self._hedge_after = None if hedge is None else hedge.delay
-        self._latencies: deque[float] = deque(maxlen=512)
-        self._samples = 0
 
     def finalized(self) -> int | None:
         """The finalized block served for the "finalized" tag: the lowest finalized block of

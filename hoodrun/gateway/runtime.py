@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hoodrun.config import Config, parse_listen
+from hoodrun.configdiff import Change, reloadable
 from hoodrun.gateway.app import Gateway
 from hoodrun.gateway.cache import RedisCache
 from hoodrun.gateway.http import HttpServer
@@ -165,6 +166,7 @@ class GatewayRuntime:
             tracer=tracer,
             shared_cache=shared_cache,
         )
+        stack.push_async_callback(gateway.close_pools)  # the pools a reload added too
         stack.push_async_callback(gateway.sockets.aclose)  # after the server stopped
         server = HttpServer(
             gateway.handle,
@@ -206,6 +208,19 @@ class GatewayRuntime:
                 verifier.purge(key_hash)
             # changed_since already trails "now" by its overlap; never move backwards.
             watermark = max(watermark, newest)
+
+    async def reload(self, config: Config) -> list[Change]:
+        """Adopt ``config``'s chains, upstreams, plans, health checks and public access without
+        dropping a request (``Gateway.reload``); plans are synced to the database. Returns the
+        other changes, which need a restart (they are not applied)."""
+        if self.gateway is None or self.keys is None:
+            raise RuntimeError("the gateway is not running")
+        merged, restart = reloadable(self.config, config)
+        await self.keys.store.sync_plans(merged.plans)
+        self.keys.config = merged
+        await self.gateway.reload(merged)
+        self.config = merged
+        return restart
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()

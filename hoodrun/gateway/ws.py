@@ -542,6 +542,16 @@ class WebSockets:
             )
         return hub
 
+    async def drop_chain(self, name: str) -> None:
+        """The chain left the config: close its sockets and its upstream subscriptions."""
+        for sessions in list(self._sessions.values()):
+            for session in list(sessions):
+                if session.chain.name == name:
+                    session.close(1001, f"chain {name} is no longer served")
+        hub = self._hubs.pop(name, None)
+        if hub is not None:
+            await hub.aclose()
+
     async def aclose(self) -> None:
         """Close every socket and upstream subscription."""
         for sessions in list(self._sessions.values()):

@@ -68,6 +68,15 @@ class KeyService:
     def store(self) -> Store:
         return self._store
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """A reloaded config (its plans and chains check new keys' options from now on)."""
+        self._config = config
+
     def now(self) -> datetime:
         """The service's clock (injected in tests): what key states are judged against."""
         return self._clock()

@@ -43,6 +43,7 @@ def _call(ident: int) -> dict[str, Any]:
 
 _ALWAYS = (_BLOCK, _SYNCING, _PEERS, _FINAL, _TXPOOL)
 _FIRST = (*_ALWAYS, _CHAIN, _VERSION)  # until the chain id is verified
+_REQUIRED = frozenset({_BLOCK, _CHAIN})
 _BATCH = orjson.dumps([_call(i) for i in _ALWAYS])
 _BATCH_WITH_CHAIN = orjson.dumps([_call(i) for i in _FIRST])
 _SINGLE = {ident: orjson.dumps(_call(ident)) for ident in _METHODS}
@@ -120,11 +121,17 @@ async def _one_by_one(
     answers: dict[int, dict[str, Any]] = {}
     idents = _FIRST if want_chain_id else _ALWAYS
     for ident in idents:
-        status, reply = await http.post(_SINGLE[ident], _remaining(deadline))
         try:
+            status, reply = await http.post(_SINGLE[ident], _remaining(deadline))
             parsed = orjson.loads(reply)
         except orjson.JSONDecodeError:
-            raise _CheckFailed(f"{_METHODS[ident]}: HTTP {status}, not JSON") from None
+            if ident in _REQUIRED:
+                raise _CheckFailed(f"{_METHODS[ident]}: HTTP {status}, not JSON") from None
+            continue  # a provider refusing an optional method its own way: unknown
+        except UpstreamError:
+            if ident in _REQUIRED:
+                raise
+            continue
         if isinstance(parsed, dict):
             answers[ident] = parsed
     return answers

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import orjson
 
-from hoodrun.config import ChainConfig, GatewayConfig, HealthConfig
+from hoodrun.config import ChainConfig, GatewayConfig, HealthConfig, UpstreamConfig
 from hoodrun.upstreams._writes import (
     ALREADY_KNOWN,
     NONCE_TOO_LOW,
@@ -96,27 +96,31 @@ class ChainPool:
         self._clock = clock
         self._max_attempts = gateway.max_retries + 1
         self._upstream_timeout = gateway.upstream_timeout
-        connect_timeout = min(2.0, gateway.upstream_timeout)
-        self.upstreams: list[Upstream] = [
-            Upstream(
-                config,
-                health,
-                max_connections=gateway.upstream_connections,
-                connect_timeout=connect_timeout,
-                clock=clock,
-                on_breaker_change=self._breaker_changed,
-            )
-            for config in chain.upstreams
-        ]
+        self._connections = gateway.upstream_connections
+        self._connect_timeout = min(2.0, gateway.upstream_timeout)
+        self.upstreams: list[Upstream] = [self._upstream(config) for config in chain.upstreams]
+        self._derive()
+        self._best_head: int | None = None
+        self._tasks: dict[Upstream, asyncio.Task[None]] = {}
+        self._state = _NEW
+
+    def _upstream(self, config: UpstreamConfig) -> Upstream:
+        return Upstream(
+            config,
+            self._health,
+            max_connections=self._connections,
+            connect_timeout=self._connect_timeout,
+            clock=self._clock,
+            on_breaker_change=self._breaker_changed,
+        )
+
+    def _derive(self) -> None:
         # Capabilities some upstream declares; a chain with none, no fallback tier and no
         # in-flight caps selects by score alone (the fast path).
         self._offered = frozenset(tag for up in self.upstreams for tag in up.tags)
         self._plain = not self._offered and not any(
             up.fallback or up.max_inflight is not None for up in self.upstreams
         )
-        self._best_head: int | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._state = _NEW
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -142,19 +146,73 @@ class ChainPool:
                 )
             )
         self._state = _RUNNING
-        self._tasks = [
-            asyncio.create_task(self._health_loop(up), name=f"health:{self.name}:{up.name}")
-            for up in self.upstreams
-        ]
+        for up in self.upstreams:
+            self._watch(up)
+
+    def _watch(self, up: Upstream) -> None:
+        self._tasks[up] = asyncio.create_task(
+            self._health_loop(up), name=f"health:{self.name}:{up.name}"
+        )
+
+    async def reconfigure(self, chain: ChainConfig, health: HealthConfig) -> list[Upstream]:
+        """Adopt a new config of this chain while it serves.
+
+        Upstreams whose config (and the health config) did not change keep their connections,
+        health and breaker. New or changed ones are checked once before they join, so they
+        enter rotation only when healthy (a wrong chain id keeps one out, with the reason in
+        its snapshot). The list of upstreams is swapped in one step: a request in flight
+        finishes on the upstream it chose. Returns the upstreams that left rotation, for the
+        caller to close once their requests are done.
+        """
+        if chain.name != self.name:
+            raise ValueError(f"chain pool {self.name!r} cannot become {chain.name!r}")
+        if self._state is not _RUNNING:
+            raise RuntimeError(f"chain pool {self.name!r} is not running")
+        same_health = health == self._health
+        self._health = health
+        current = {up.name: up for up in self.upstreams}
+        kept: list[Upstream] = []
+        added: list[Upstream] = []
+        for config in chain.upstreams:
+            old = current.get(config.name)
+            if old is not None and same_health and old.config == config:
+                kept.append(current.pop(config.name))
+            else:
+                added.append(self._upstream(config))
+        await asyncio.gather(*(self._check(up, evaluate=False) for up in added))
+        # A newcomer's latency so far is its health check's, a batch: slower than the calls
+        # the others' figures come from, so it would never be chosen. It starts at the median
+        # of theirs, and its own answers take over.
+        serving = sorted(up.ewma_latency for up in kept if up.healthy and up.ewma_latency)
+        if serving:
+            for up in added:
+                up.ewma_latency = serving[len(serving) // 2]
+        order = {config.name: i for i, config in enumerate(chain.upstreams)}
+        self.chain = chain
+        self.upstreams = sorted(kept + added, key=lambda up: order[up.name])
+        self._derive()
+        self._evaluate()
+        for up in added:
+            self._watch(up)
+        gone = list(current.values())
+        for up in gone:
+            task = self._tasks.pop(up, None)
+            if task is not None:
+                task.cancel()
+        for up in added:
+            log.info("chain %s: upstream %s added (%s)", self.name, up.name, up.reason or "in")
+        for up in gone:
+            log.info("chain %s: upstream %s removed", self.name, up.name)
+        return gone
 
     async def aclose(self) -> None:
         if self._state is _CLOSED:
             return
         self._state = _CLOSED
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks = {}
         await self._close_upstreams()
 
     async def __aenter__(self) -> ChainPool:
@@ -437,7 +495,7 @@ class ChainPool:
             except Exception:
                 log.exception("chain %s: health check of %s crashed", self.name, up.name)
 
-    async def _check(self, up: Upstream) -> None:
+    async def _check(self, up: Upstream, *, evaluate: bool = True) -> None:
         want_chain_id = not up.chain_verified
         report = await check_upstream(
             up.health_http, self._health.timeout, want_chain_id=want_chain_id, batch=up.batch_ok
@@ -472,7 +530,8 @@ class ChainPool:
                 breaker.record_success()
             else:
                 breaker.record_failure()
-        self._evaluate()
+        if evaluate:
+            self._evaluate()
 
     def _evaluate(self) -> None:
         heads = [

@@ -183,6 +183,8 @@ def mini_node(
             if handler.peers is None:  # type: ignore[attr-defined]
                 return rpc_error(call, "Method not found", -32601)
             return rpc_result(call, hex(handler.peers))  # type: ignore[attr-defined]
+        if method in ("txpool_status", "web3_clientVersion"):  # as geth without the namespace
+            return rpc_error(call, f"the method {method} does not exist/is not available", -32601)
         if method == "eth_getBlockByNumber" and call.get("params", [None])[0] == "finalized":
             return rpc_result(call, {"number": hex(max(handler.head - 2, 0))})  # type: ignore[attr-defined]
         if other is not None:

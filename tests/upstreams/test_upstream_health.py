@@ -97,6 +97,27 @@ async def test_nodes_refusing_batches_are_asked_one_call_at_a_time(tiny_server: 
         ]  # fmt: skip
 
 
+async def test_a_provider_refusing_optional_methods_its_own_way_stays_healthy(
+    tiny_server: MakeServer,
+) -> None:
+    """A provider that refuses a batch holding a method off its list with a non-JSON 403, and
+    the method alone the same way: only eth_blockNumber and eth_chainId must work."""
+    node = mini_node(head=7)
+
+    def handler(request: Request) -> bytes | None:
+        parsed = request.json()
+        calls = parsed if isinstance(parsed, list) else [parsed]
+        if any(call.get("method") == "txpool_status" for call in calls):
+            return http_response(b"<html>403 method not on the allow list</html>", 403)
+        return node(request)
+
+    server = await tiny_server(handler)
+    async with ChainPool(chain_config(server.url), health_config(), gateway_config()) as pool:
+        up = pool.upstreams[0]
+        assert up.healthy and up.head == 7 and not up.batch_ok
+        assert up.txpool_pending is None and up.reason is None
+
+
 async def test_syncing_and_peerless_nodes_are_out(tiny_server: MakeServer) -> None:
     good = mini_node(head=100)
     syncing = mini_node(head=100, syncing={"currentBlock": "0x64", "highestBlock": "0x200"})
