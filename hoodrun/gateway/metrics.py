@@ -62,7 +62,7 @@ class _PoolCollector(Collector):
     def __init__(self, snapshots: Callable[[], Iterable[tuple[str, int | None, list[Any]]]]):
         self._snapshots = snapshots
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["chain", "upstream"]
         gauges = [
             (GaugeMetricFamily(name, doc, labels=labels), field, scale)
@@ -76,6 +76,12 @@ class _PoolCollector(Collector):
         chain_head = GaugeMetricFamily(
             "hoodrun_chain_head_block", "Best head block of the chain's upstreams", labels=["chain"]
         )  # fmt: skip
+        attempts = CounterMetricFamily(
+            "hoodrun_upstream_attempts",
+            "Request attempts sent to the upstream, by result (failed: transport error, timeout, "
+            "5xx, 429 or a garbled answer)",
+            labels=["chain", "upstream", "result"],
+        )
         for chain, best, upstreams in self._snapshots():
             if best is not None:
                 chain_head.add_metric([chain], best)
@@ -86,8 +92,11 @@ class _PoolCollector(Collector):
                     if value is not None:
                         family.add_metric(names, float(value) * scale)
                 info.add_metric([*names, up.get("client_version") or "unknown"], 1)
+                for result, count in up.get("attempts", {}).items():
+                    attempts.add_metric([*names, result], count)
         yield from (family for family, _, _ in gauges)
         yield info
+        yield attempts
         yield chain_head
 
 

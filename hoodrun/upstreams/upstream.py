@@ -27,6 +27,8 @@ class Upstream:
     """
 
     __slots__ = (
+        "attempts_failed",
+        "attempts_ok",
         "batch_ok",
         "breaker",
         "chain_verified",
@@ -94,6 +96,9 @@ class Upstream:
         self.ewma_latency = 0.0
         self.error_rate = 0.0
         self.inflight = 0
+        # Request attempts since the upstream was configured (counters for /metrics).
+        self.attempts_ok = 0
+        self.attempts_failed = 0
         # Health, as of the last check.
         self.reachable = False  # the last check got an answer
         self.head: int | None = None
@@ -145,11 +150,13 @@ class Upstream:
             self.ewma_latency += LATENCY_ALPHA * (latency - self.ewma_latency)
 
     def record_success(self, latency: float) -> None:
+        self.attempts_ok += 1
         self.record_latency(latency)
         self.error_rate -= ERROR_ALPHA * self.error_rate
         self.breaker.record_success()
 
     def record_failure(self, *, breaker: bool = True) -> None:
+        self.attempts_failed += 1
         self.error_rate += ERROR_ALPHA * (1.0 - self.error_rate)
         if breaker:
             self.breaker.record_failure()
@@ -176,6 +183,7 @@ class Upstream:
             "latency_ms": round(self.ewma_latency * 1000.0, 3),
             "error_rate": round(self.error_rate, 4),
             "inflight": self.inflight,
+            "attempts": {"ok": self.attempts_ok, "failed": self.attempts_failed},
             "weight": self.weight,
             "tags": sorted(self.tags),
             "tier": "fallback" if self.fallback else "own",

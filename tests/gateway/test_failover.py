@@ -169,6 +169,8 @@ def test_ready_and_metrics(
     assert "hoodrun_upstream_peers{" not in metrics  # anvil has no net_peerCount
     assert 'hoodrun_upstream_check_latency_seconds{chain="eth",upstream="eth-0"}' in metrics
     assert "process_start_time_seconds" in metrics and "hoodrun_build_info{" in metrics
+    ok = 'hoodrun_upstream_attempts_total{chain="eth",result="ok",upstream="eth-0"}'
+    assert ok in metrics and float(metrics.split(ok)[1].split()[0]) >= 2
 
 
 def test_body_and_batch_size_limits(
