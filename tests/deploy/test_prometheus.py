@@ -1,27 +1,33 @@
 """The monitoring in deploy/: Prometheus rules and their promtool unit tests, the example
 Prometheus and Alertmanager configurations, and the Grafana dashboards. Checked with the real
 tools (promtool, amtool, prometheus), against the metrics a running gateway exports, and end to
-end: a real Prometheus scrapes a gateway whose upstream is down and raises the alert."""
+end: a real Prometheus scrapes a gateway whose upstream is down and raises the alert, and a real
+Alertmanager delivers it to HoodRun's webhook, whose alert list then shows it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import pytest
 import yaml
 
+from hoodrun.config import Config
 from hoodrun.devnet import Anvil, free_port
+from hoodrun.platform import run_platform
 from tests.gateway.conftest import ThreadedGateway, make_config, rpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,9 +347,85 @@ def _short_for(rules: dict[str, Any]) -> dict[str, Any]:
     return rules
 
 
-def test_real_prometheus_alerts_on_a_down_upstream(gateway: ThreadedGateway) -> None:
-    prometheus = _tool("prometheus")
+class ApiRole:
+    """HoodRun's api role (``run_platform(api=True)``) on a thread, listening on a free port."""
+
+    TOKEN = "alerts-test-token"
+
+    def __init__(self, config: Config) -> None:
+        self.port = free_port()
+        self.config = config.model_copy(
+            update={"api_listen": f"127.0.0.1:{self.port}", "admin_token": self.TOKEN}
+        )
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            await run_platform(
+                self.config, gateway=False, ready=lambda _: self._ready.set(), stop=self._stop
+            )
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> ApiRole:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+def _alertmanager_config(workdir: Path, api: ApiRole) -> Path:
+    """The example config, pointed at this test's api role, with its waits cut to a second."""
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    (workdir / "token").write_text(api.TOKEN)
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            path = urlsplit(hook["url"]).path
+            hook["url"] = f"http://127.0.0.1:{api.port}{path}"
+            hook["http_config"]["authorization"]["credentials_file"] = str(workdir / "token")
+    routes = [config["route"], *config["route"].get("routes", [])]
+    for route in routes:
+        route.update({"group_wait": "1s", "group_interval": "1s"})
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_real_prometheus_alerts_on_a_down_upstream_and_hoodrun_lists_it(
+    gateway: ThreadedGateway,
+) -> None:
+    """Prometheus (the real rules, only `for:` shortened) scrapes the gateway, raises the alert
+    for its down upstream and sends it to Alertmanager (the example config), which delivers it
+    to HoodRun's webhook: the api's alert list shows it."""
+    prometheus, alertmanager = _tool("prometheus"), _tool("prometheus-alertmanager")
     workdir = Path(tempfile.mkdtemp(prefix="hoodrun-prometheus-"))
+    processes: list[subprocess.Popen[bytes]] = []
     try:
         rule_files = []
         for path in RULE_FILES:
@@ -353,46 +435,79 @@ def test_real_prometheus_alerts_on_a_down_upstream(gateway: ThreadedGateway) -> 
             assert exprs == [[r["expr"] for r in g["rules"]] for g in shortened["groups"]]
             (workdir / path.name).write_text(yaml.safe_dump(shortened, sort_keys=False))
             rule_files.append(path.name)
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": rule_files,
-            "scrape_configs": [
-                {
-                    "job_name": "hoodrun-gateway",
-                    "static_configs": [{"targets": [gateway.url.removeprefix("http://")]}],
-                }
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        with (workdir / "prometheus.log").open("wb") as log:
-            process = subprocess.Popen(
+        with ApiRole(gateway.config) as api:
+            am_port, port = free_port(), free_port()
+            processes.append(
+                _start(
+                    [
+                        alertmanager,
+                        f"--config.file={_alertmanager_config(workdir, api)}",
+                        f"--storage.path={workdir / 'am'}",
+                        f"--web.listen-address=127.0.0.1:{am_port}",
+                        "--cluster.listen-address=",
+                    ],
+                    workdir / "alertmanager.log",
+                )
+            )
+            config = {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": rule_files,
+                "alerting": {
+                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "hoodrun-gateway",
+                        "static_configs": [{"targets": [gateway.url.removeprefix("http://")]}],
+                    }
+                ],
+            }
+            (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+            process = _start(
                 [
                     prometheus,
                     f"--config.file={workdir / 'prometheus.yml'}",
                     f"--storage.tsdb.path={workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
                 ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                workdir / "prometheus.log",
             )
-        try:
+            processes.append(process)
             alerts = _wait_for_alert(process, port, "HoodRunNodeDown", upstream="eth-1")
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        down = [a for a in alerts if a["labels"]["alertname"] == "HoodRunNodeDown"]
-        assert down, (workdir / "prometheus.log").read_text()[-3000:]
-        assert [(a["labels"]["chain"], a["labels"]["upstream"]) for a in down] == [("eth", "eth-1")]
-        assert down[0]["state"] in ("pending", "firing")
-        assert down[0]["labels"]["severity"] == "critical"
-        assert down[0]["annotations"]["summary"] == "Node eth-1 of chain eth is down"
+            down = [a for a in alerts if a["labels"]["alertname"] == "HoodRunNodeDown"]
+            assert down, (workdir / "prometheus.log").read_text()[-3000:]
+            assert [(a["labels"]["chain"], a["labels"]["upstream"]) for a in down] == [
+                ("eth", "eth-1")
+            ]
+            assert down[0]["state"] in ("pending", "firing")
+            assert down[0]["labels"]["severity"] == "critical"
+            assert down[0]["annotations"]["summary"] == "Node eth-1 of chain eth is down"
+
+            listed = _wait_for_hoodrun_alert(api, "HoodRunNodeDown")
+            assert listed, (workdir / "alertmanager.log").read_text()[-3000:]
+            assert listed["status"] == "firing" and listed["severity"] == "critical"
+            assert listed["labels"]["chain"] == "eth" and listed["labels"]["upstream"] == "eth-1"
+            assert listed["annotations"]["summary"] == "Node eth-1 of chain eth is down"
     finally:
+        for process in processes:
+            _stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_for_hoodrun_alert(api: ApiRole, name: str) -> dict[str, Any] | None:
+    """The alert named ``name`` in HoodRun's list of firing alerts, polled for up to 60 s."""
+    deadline = time.monotonic() + 60
+    headers = {"Authorization": f"Bearer {api.TOKEN}"}
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            answer = client.get(f"http://127.0.0.1:{api.port}/api/v1/alerts", headers=headers)
+            assert answer.status_code == 200, answer.text
+            for alert in answer.json()["alerts"]:
+                if alert["name"] == name:
+                    found: dict[str, Any] = alert
+                    return found
+            time.sleep(0.25)
+    return None
 
 
 def _wait_for_alert(
