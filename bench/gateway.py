@@ -150,6 +150,7 @@ def start_gateway(
     telemetry: bool = True,
     cache: bool = False,
     extra: str = "",
+    telemetry_options: str = "",
 ) -> tuple[list[subprocess.Popen[bytes]], int, str]:
     port = free_port()
     tmp = tmp / f"gateway-{port}"
@@ -165,7 +166,7 @@ listen: 127.0.0.1:{port}
 data_dir: {tmp}/data
 database_url: sqlite:///{tmp}/bench.db
 log_level: warning
-telemetry: {{enabled: {"true" if telemetry else "false"}}}
+telemetry: {{enabled: {"true" if telemetry else "false"}{telemetry_options}}}
 cache: {{enabled: {"true" if cache else "false"}, coalesce: {"true" if cache else "false"}}}
 {redis_line}
 chains:

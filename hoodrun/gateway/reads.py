@@ -192,7 +192,8 @@ def error_code(answer: Any) -> int:
     if isinstance(answer, dict):
         error = answer.get("error")
         if isinstance(error, dict) and isinstance(code := error.get("code"), int):
-            return code
+            # Any integer a node sends; the records keep 32 bits.
+            return code if -(2**31) <= code < 2**31 else -32603
         if error is not None:
             return -32603
     return 0

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import struct
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.units import ComputeUnits
 
-__all__ = ["FLAT_FIELDS", "SCHEMA", "RowBuilder", "flatten"]
+__all__ = ["FLAT_FIELDS", "SCHEMA", "ColumnBuffer", "RowBuilder", "flatten"]
+
+_INT32_MIN, _INT32_MAX, _UINT32_MAX = -(2**31), 2**31 - 1, 2**32 - 1
 
 SCHEMA = pa.schema(
     [
@@ -71,6 +75,59 @@ def flatten(record: RequestRecord) -> tuple[Any, ...]:
     return _flat_all(record)
 
 
+# A queued single call's numbers, packed (native order, no padding): ts, latency and upstream
+# latency in seconds; error code, status, attempts, cache hit, bytes in and out; the codes of its
+# strings (see ColumnBuffer). NUMBERS names them for the decoding view.
+_PACKED = struct.Struct("=dddqqqqqqii")
+NUMBERS = np.dtype(
+    [("ts", "=f8"), ("latency", "=f8"), ("upstream_latency", "=f8"), ("error_code", "=i8"),
+     ("status", "=i8"), ("attempts", "=i8"), ("cache_hit", "=i8"), ("bytes_in", "=i8"),
+     ("bytes_out", "=i8"), ("combo", "=i4"), ("ip", "=i4")]
+)  # fmt: skip
+
+
+class ColumnBuffer:
+    """Single-call records as packed numbers, appended as they come (the writer's queue).
+
+    Numbers are packed into one growing byte buffer and strings that repeat (org, project,
+    key, chain, method, refusal reason, upstream; the client address) become codes of
+    per-buffer dictionaries, so a queued record keeps no Python object alive but its request
+    id: held records cost the collector and the memory allocator nothing, and the table is built
+    from the buffer's memory (``RowBuilder.table_of_columns``). A buffer is filled once and then
+    built."""
+
+    __slots__ = ("combos", "ips", "numbers", "request_id")
+
+    def __init__(self) -> None:
+        self.numbers = bytearray()
+        self.request_id: list[str] = []
+        self.combos: dict[tuple[str | None, ...], int] = {}
+        self.ips: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+    def add(self, r: RequestRecord) -> None:
+        """Append a record of a single call (``calls`` <= 1, no ``call_results``)."""
+        key = (r.org_id, r.project_id, r.key_id, r.chain, r.method, r.reason, r.upstream)
+        combos = self.combos
+        combo = combos.get(key)
+        if combo is None:
+            combo = combos[key] = len(combos)
+        ips = self.ips
+        ip = ips.get(r.client_ip)
+        if ip is None:
+            ip = ips[r.client_ip] = len(ips)
+        upstream_latency = r.upstream_latency
+        error_code = r.error_code
+        self.numbers += _PACKED.pack(
+            r.ts, r.latency, 0.0 if upstream_latency is None else upstream_latency,
+            error_code if -(2**63) <= error_code < 2**63 else -32603, r.status,
+            r.attempts, r.cache_hit, r.bytes_in, r.bytes_out, combo, ip,
+        )  # fmt: skip
+        self.request_id.append(r.request_id)
+
+
 class RowBuilder:
     def __init__(
         self,
@@ -114,6 +171,48 @@ class RowBuilder:
         zeros = [0] * len(plain)
         return self._columns(plain + calls, zeros + index, [1] * len(plain) + sizes)
 
+    def table_of_columns(self, buffer: ColumnBuffer) -> pa.Table:
+        """The table of the single calls a ``ColumnBuffer`` collected: its numbers are read
+        in place (no Python object per value), its strings decoded from their codes."""
+        n = len(buffer)
+        if n == 0:
+            return SCHEMA.empty_table()
+        view = np.frombuffer(buffer.numbers, dtype=NUMBERS, count=n)
+
+        def column(name: str) -> pa.Array:
+            return pa.array(np.ascontiguousarray(view[name]))
+
+        combos = list(buffer.combos)  # in code order
+        codes = column("combo")
+
+        def coded(i: int) -> pa.Array:
+            return pa.array([combo[i] for combo in combos], pa.string()).take(codes)
+
+        ip_values = pa.array(list(buffer.ips), pa.string())
+        return self._assemble(
+            n,
+            ts=column("ts"),
+            request_id=pa.array(buffer.request_id, pa.string()),
+            org_id=coded(0),
+            project_id=coded(1),
+            key_id=coded(2),
+            chain=coded(3),
+            method=coded(4),
+            reason=coded(5),
+            upstream=coded(6),
+            error_code=column("error_code"),
+            status=column("status"),
+            latency=column("latency"),
+            upstream_latency=column("upstream_latency"),
+            attempts=column("attempts"),
+            cache_hit=column("cache_hit"),
+            bytes_in=column("bytes_in"),
+            bytes_out=column("bytes_out"),
+            client_ip=self._addresses(ip_values).take(column("ip")),
+            call_index=None,
+            batch_size=None,
+        )
+
     def _columns(
         self,
         records: list[tuple[Any, ...]],
@@ -129,22 +228,74 @@ class RowBuilder:
         (ts, request_id, org_id, project_id, key_id, chain, method, reason, error_code, status,
          latency, upstream_latency, upstream, attempts, cache_hit, bytes_in, bytes_out,
          client_ip) = [[r[i] for r in records] for i in range(18)]  # fmt: skip
-        reason_array = pa.array(reason, pa.string())
-        code_array = pa.array(error_code, pa.int32())
-        refused = pc.is_valid(reason_array)
-        outcome = pc.if_else(
-            refused, reason_array, pc.if_else(pc.not_equal(code_array, 0), "rpc_error", "ok")
+        return self._assemble(
+            n,
+            upstream=pa.array(upstream, pa.string()),
+            ts=pa.array(ts, pa.float64()),
+            request_id=pa.array(request_id, pa.string()),
+            org_id=pa.array(org_id, pa.string()),
+            project_id=pa.array(project_id, pa.string()),
+            key_id=pa.array(key_id, pa.string()),
+            chain=pa.array(chain, pa.string()),
+            method=pa.array(method, pa.string()),
+            reason=pa.array(reason, pa.string()),
+            error_code=pa.array(error_code, pa.int64()),
+            status=pa.array(status, pa.int64()),
+            latency=pa.array(latency, pa.float64()),
+            upstream_latency=pa.array(upstream_latency, pa.float64()),
+            attempts=pa.array(attempts, pa.int64()),
+            cache_hit=pa.array(cache_hit, pa.bool_()).cast(pa.int8()),
+            bytes_in=pa.array(bytes_in, pa.int64()),
+            bytes_out=pa.array(bytes_out, pa.int64()),
+            client_ip=self._addresses(pa.array(client_ip, pa.string())),
+            call_index=call_index,
+            batch_size=batch_size,
         )
-        method_array = pa.array(method, pa.string())
-        method_array = pc.if_else(pc.equal(method_array, ""), "-", method_array)
-        chain_array = pa.array(chain, pa.string())
+
+    def _assemble(
+        self,
+        n: int,
+        *,
+        ts: pa.Array,
+        request_id: pa.Array,
+        org_id: pa.Array,
+        project_id: pa.Array,
+        key_id: pa.Array,
+        chain: pa.Array,
+        method: pa.Array,
+        reason: pa.Array,
+        error_code: pa.Array,
+        status: pa.Array,
+        latency: pa.Array,
+        upstream_latency: pa.Array,
+        attempts: pa.Array,
+        cache_hit: pa.Array,
+        bytes_in: pa.Array,
+        bytes_out: pa.Array,
+        client_ip: pa.Array,
+        upstream: pa.Array,
+        call_index: list[int] | None,
+        batch_size: list[int] | None,
+    ) -> pa.Table:
+        """The table's columns from the records' fields as Arrow arrays (times in seconds)."""
+        # JSON-RPC codes are any integer a node sends: ones outside Int32 count as -32603.
+        code_array = pc.if_else(
+            pc.and_(
+                pc.greater_equal(error_code, _INT32_MIN), pc.less_equal(error_code, _INT32_MAX)
+            ),
+            error_code,
+            -32603,
+        ).cast(pa.int32())
+        refused = pc.is_valid(reason)
+        outcome = pc.if_else(
+            refused, reason, pc.if_else(pc.not_equal(code_array, 0), "rpc_error", "ok")
+        )
+        method = pc.if_else(pc.equal(method, ""), "-", method)
         # Calls the gateway refused reached no node: they weigh nothing.
-        units = pc.if_else(refused, 0, self._units(chain_array, method_array))
+        units = pc.if_else(refused, 0, self._units(chain, method))
         columns = {
-            "ts": pc.floor(pc.multiply(pa.array(ts, pa.float64()), 1000.0))
-            .cast(pa.int64())
-            .cast(SCHEMA.field("ts").type),
-            "request_id": pa.array(request_id, pa.string()),
+            "ts": pc.floor(pc.multiply(ts, 1000.0)).cast(pa.int64()).cast(SCHEMA.field("ts").type),
+            "request_id": request_id,
             "call_index": (
                 pa.array(call_index, pa.uint16())
                 if call_index is not None
@@ -155,25 +306,23 @@ class RowBuilder:
                 if batch_size is not None
                 else pa.nulls(n, pa.uint16()).fill_null(1)
             ),
-            "org_id": pa.array(org_id, pa.string()).fill_null(""),
-            "project_id": pa.array(project_id, pa.string()).fill_null(""),
-            "key_id": pa.array(key_id, pa.string()).fill_null(""),
-            "chain": chain_array,
-            "method": method_array,
+            "org_id": org_id.fill_null(""),
+            "project_id": project_id.fill_null(""),
+            "key_id": key_id.fill_null(""),
+            "chain": chain,
+            "method": method,
             "outcome": outcome,
             "error_code": code_array,
-            "status": pa.array(status, pa.uint16()),
-            "latency_ms": pc.multiply(pa.array(latency, pa.float64()), 1000.0),
-            "upstream_latency_ms": pc.multiply(
-                pa.array(upstream_latency, pa.float64()).fill_null(0.0), 1000.0
-            ),
-            "upstream": pa.array(upstream, pa.string()).fill_null(""),
-            "attempts": pc.min_element_wise(pa.array(attempts, pa.int64()), 255).cast(pa.uint8()),
-            "cache_hit": pa.array(cache_hit, pa.bool_()).cast(pa.uint8()),
-            "bytes_in": pa.array(bytes_in, pa.uint32()),
-            "bytes_out": pa.array(bytes_out, pa.uint32()),
+            "status": pc.min_element_wise(status, 65535).cast(pa.uint16()),
+            "latency_ms": pc.multiply(latency, 1000.0),
+            "upstream_latency_ms": pc.multiply(upstream_latency.fill_null(0.0), 1000.0),
+            "upstream": upstream.fill_null(""),
+            "attempts": pc.min_element_wise(attempts, 255).cast(pa.uint8()),
+            "cache_hit": cache_hit.cast(pa.uint8()),
+            "bytes_in": pc.min_element_wise(bytes_in, _UINT32_MAX).cast(pa.uint32()),
+            "bytes_out": pc.min_element_wise(bytes_out, _UINT32_MAX).cast(pa.uint32()),
             "compute_units": units.cast(pa.uint32()),
-            "client_ip": self._addresses(pa.array(client_ip, pa.string())),
+            "client_ip": client_ip,
         }
         return pa.Table.from_pydict(columns, schema=SCHEMA)
 
