@@ -13,7 +13,11 @@ path, once; several ``ChdbStore`` objects (the gateway's writer and the api's re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -87,6 +91,15 @@ def _chdb_connect(path: Path) -> Any:
             ) from exc
 
 
+BACKGROUND_NICE = 10
+
+
+def _lower_priority() -> None:
+    """This thread (and the threads it starts) yield the CPU to the request path."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
 class _Conn:
     """One chDB connection and the lock that serializes its calls."""
 
@@ -131,21 +144,29 @@ class ChdbStore:
         self.database = quote_db(database)
         self._writer = _Conn(path)
         self._reader = _Conn(path)
+        # Writes, and the engine's own threads (merges), run below the request path's priority:
+        # the engine starts in this thread, and Linux threads inherit their creator's nice value.
+        self._background = ThreadPoolExecutor(
+            1, thread_name_prefix="analytics-writer", initializer=_lower_priority
+        )
+
+    async def _in_background(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._background, function, *args)
 
     async def setup(self, retention: RetentionConfig) -> None:
         for statement in ddl(self.database, retention):
-            await asyncio.to_thread(self._writer.run, statement, "CSV", None)
+            await self._in_background(self._writer.run, statement, "CSV", None)
 
     async def insert(self, table: pa.Table) -> None:
         sql = (
             f"INSERT INTO {self.database}.requests_raw SETTINGS {INSERT_SETTINGS}"  # noqa: S608
             " SELECT * FROM $table"
         )
-        await asyncio.to_thread(self._writer.insert, sql, table)
+        await self._in_background(self._writer.insert, sql, table)
 
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         statement = sql.replace("{db}", self.database)
-        await asyncio.to_thread(self._writer.run, statement, "CSV", params)
+        await self._in_background(self._writer.run, statement, "CSV", params)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         statement = sql.replace("{db}", self.database)
@@ -154,13 +175,14 @@ class ChdbStore:
 
     async def drop(self) -> None:
         """Drop the database (tests)."""
-        await asyncio.to_thread(
+        await self._in_background(
             self._writer.run, f"DROP DATABASE IF EXISTS {self.database} SYNC", "CSV", None
         )
 
     async def aclose(self) -> None:
         self._writer.close()
         self._reader.close()
+        self._background.shutdown(wait=False)
 
 
 # --- ClickHouse server -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from hoodrun.telemetry.rollup import Rollups
 from hoodrun.telemetry.rows import RowBuilder
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.spool import Spool
-from hoodrun.telemetry.store import ChdbStore, StoreError
+from hoodrun.telemetry.store import BACKGROUND_NICE, ChdbStore, StoreError
 from hoodrun.telemetry.units import ComputeUnits
 from tests.telemetry.support import call_record
 
@@ -143,6 +144,16 @@ async def test_the_spool_outlives_a_crash(analytics_store: ChdbStore, tmp_path: 
     await restarted.aclose()
     assert restarted.stats.replayed == 500
     assert await count(analytics_store) == (500, 500, 500)
+
+
+async def test_writes_run_below_the_request_paths_priority(analytics_store: ChdbStore) -> None:
+    """The embedded store writes (and starts its engine's threads) in a thread of nice 10."""
+    await analytics_store.execute("SELECT 1")
+    writers = [t for t in threading.enumerate() if t.name.startswith("analytics-writer")]
+    assert writers
+    for thread in writers:
+        stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[16]) == BACKGROUND_NICE > 0
 
 
 def test_each_live_process_gets_its_own_spool_directory(tmp_path: Path) -> None:
