@@ -17,11 +17,14 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hoodrun.metering.config import BUILTIN_METERS, MeterConfig, PriceConfig, TaxRule
 
 __all__ = [
     "DEFAULT_PLANS",
@@ -96,6 +99,15 @@ class PlanConfig(_Model):
     trace: bool = Field(default=True, description="May call trace_* and debug_* methods.")
     max_logs_results: int | None = Field(
         default=None, ge=1, description="Overrides gateway.max_logs_results."
+    )
+    websocket: bool = Field(default=True, description="May open WebSockets (eth_subscribe).")
+    quotas: dict[str, int] = Field(
+        default_factory=dict,
+        description="Monthly limits per meter (requests, compute_units); refused beyond (429).",
+    )
+    price: PriceConfig | None = Field(default=None, description="What the plan costs a period.")
+    spending_cap: Decimal | None = Field(
+        default=None, gt=0, description="A period's amount beyond which calls are refused."
     )
     description: str = ""
 
@@ -361,6 +373,12 @@ class Config(_Model):
     ws: WebSocketConfig = WebSocketConfig()
     compute_units: ComputeUnitsConfig = ComputeUnitsConfig()
     chains: tuple[ChainConfig, ...] = ()
+    meters: tuple[MeterConfig, ...] = Field(
+        default=(), description="Meters over external usage events (CloudEvents)."
+    )
+    taxes: dict[str, TaxRule] = Field(
+        default_factory=dict, description="Tax per customer country (ISO 3166 alpha-2)."
+    )
     plans: tuple[PlanConfig, ...] = Field(
         default=DEFAULT_PLANS, description="Plans sold; without any, free/pro/enterprise."
     )
@@ -417,6 +435,22 @@ class Config(_Model):
             raise ValueError("cache.backend redis needs redis_url")
         if self.public.enabled and self.public.plan not in plan_names:
             raise ValueError(f"public.plan {self.public.plan!r} is not among plans")
+        meters = {*BUILTIN_METERS, *(m.slug for m in self.meters)}
+        if len(self.meters) != len({m.slug for m in self.meters}):
+            raise ValueError("meter slugs must be unique")
+        for plan in self.plans:
+            for meter in (*plan.quotas, *([plan.price.meter] if plan.price else [])):
+                if meter not in meters:
+                    raise ValueError(
+                        f"plan {plan.name!r} names meter {meter!r}: use one of {sorted(meters)}"
+                    )
+            if plan.spending_cap is not None and (plan.price is None or plan.price.type == "FIXED"):
+                raise ValueError(
+                    f"plan {plan.name!r}: a spending cap needs a METERED or HYBRID price"
+                )
+        for country in self.taxes:
+            if not re.match(r"^[A-Z]{2}$", country):
+                raise ValueError(f"taxes: {country!r} is not an ISO 3166 alpha-2 code like TR")
         return self
 
     def plan(self, name: str) -> PlanConfig | None:
