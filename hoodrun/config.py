@@ -330,6 +330,9 @@ class ComputeUnitsConfig(_Model):
     default: int = Field(default=20, ge=0, description="Units of a method in no table.")
     methods: dict[str, int] = {}
     chains: dict[str, dict[str, int]] = {}
+    cache_hit_percent: int = Field(
+        default=100, ge=0, le=100, description="What a cache hit costs, in % of its units."
+    )
 
 
 # The seed's rate tiers, used when a config declares no plans of its own.

@@ -33,6 +33,7 @@ from hoodrun.gateway.errors import (
     MethodNotPost,
     NeedsWebSocket,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     Unauthorized,
     Unavailable,
@@ -51,6 +52,7 @@ from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.verifier import KeyDenied, KeyStoreDown, KeyVerifier
 from hoodrun.limits import Bucket, Decision, Limiter, LimiterUnavailable, MemoryLimiter
 from hoodrun.logs import REQUEST_ID
+from hoodrun.metering.entitlements import Entitlements
 from hoodrun.telemetry.sink import RequestRecord, TelemetrySink
 from hoodrun.upstreams import (
     ChainIdMismatch,
@@ -135,8 +137,10 @@ class Gateway:
         readiness: Mapping[str, ReadinessCheck] | None = None,
         tracer: Any = None,
         shared_cache: RedisCache | None = None,
+        entitlements: Entitlements | None = None,
     ) -> None:
         self.config = config
+        self.entitlements = entitlements  # quotas; None: no plan has any
         self.verifier = verifier
         self.limiter: Limiter = limiter or MemoryLimiter()
         # The in-process limiter answers synchronously: no task switch on the hot path.
@@ -349,6 +353,8 @@ class Gateway:
                 )
             if record is not None:
                 plan = self.policy.plan_of(record)
+                if plan.quotas and self.entitlements is not None:
+                    self._check_quotas(self.entitlements, record, plan)
             elif self.policy.public_plan is not None:  # keyless: _authenticate allowed it
                 plan = self.policy.public_plan
             else:
@@ -394,6 +400,20 @@ class Gateway:
             response = Response(500, orjson.dumps(failure), headers)
         self._emit(request, request_id, trace, calls, response, reason)
         return response
+
+    @staticmethod
+    def _check_quotas(entitlements: Entitlements, record: KeyRecord, plan: PlanConfig) -> None:
+        spent = entitlements.exhausted(record.org_id, plan)
+        if spent is None or spent.resets_at is None:
+            return
+        resets = spent.resets_at
+        wait = max(1, int(resets.timestamp() - time.time()))
+        raise QuotaExceeded(
+            f"Quota exceeded: plan {plan.name!r} allows {spent.limit:,} {spent.name} a month and "
+            f"{spent.used:,} were used; it resets at {resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, "
+            "or upgrade the plan",
+            headers=[("retry-after", str(wait))],
+        )
 
     def chain_for(self, name: str) -> ChainState:
         chain = self.chains.get(name)

@@ -42,6 +42,7 @@ __all__ = [
     "NeedsWebSocket",
     "NotFound",
     "ParseError",
+    "QuotaExceeded",
     "RateLimited",
     "Unauthorized",
     "Unavailable",
@@ -164,6 +165,12 @@ class RateLimited(GatewayError):
     """Rate limit exceeded: slow down and retry after the Retry-After seconds."""
 
     status, code, default_reason = 429, -32005, "rate_limited"
+
+
+class QuotaExceeded(GatewayError):
+    """Quota exceeded: the plan's monthly quota is used up until it resets or the plan changes."""
+
+    status, code, default_reason = 429, -32005, "quota_exceeded"
 
 
 class UpstreamFailed(GatewayError):

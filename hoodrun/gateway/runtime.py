@@ -26,8 +26,9 @@ from hoodrun.keys.service import CHANGES_OVERLAP, KeyService
 from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.limits import Limiter, MemoryLimiter, RedisLimiter
 from hoodrun.limits._resp import RespClient
+from hoodrun.metering.entitlements import Entitlements, UsageCounters, billable_since
 from hoodrun.store import Store
-from hoodrun.telemetry.service import Telemetry, open_telemetry
+from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
 from hoodrun.telemetry.sink import FanoutSink, TelemetrySink
 from hoodrun.tracing import open_tracer
 from hoodrun.upstreams import ChainPool
@@ -78,6 +79,7 @@ class GatewayRuntime:
         self.keys: KeyService | None = None
         self.server: HttpServer | None = None
         self.metrics = GatewayMetrics()
+        self.usage: UsageCounters | None = None
 
     async def __aenter__(self) -> GatewayRuntime:
         try:
@@ -145,7 +147,9 @@ class GatewayRuntime:
         if self.telemetry is None:  # a gateway on its own: its own pipeline
             self.telemetry = await open_telemetry(config, stack, produce=True)
         self.metrics.registry.register(self.telemetry.stats)
-        sinks: list[TelemetrySink] = [MetricsSink(self.metrics), *self._extra_sinks]
+        self.usage = usage = UsageCounters(compute_units(config))
+        await self._seed_usage(usage)
+        sinks: list[TelemetrySink] = [MetricsSink(self.metrics), usage, *self._extra_sinks]
         if self.telemetry.writer is not None:
             sinks.append(self.telemetry.writer)
         sink = FanoutSink(sinks)
@@ -165,6 +169,7 @@ class GatewayRuntime:
             readiness=readiness,
             tracer=tracer,
             shared_cache=shared_cache,
+            entitlements=Entitlements(usage),
         )
         stack.push_async_callback(gateway.close_pools)  # the pools a reload added too
         stack.push_async_callback(gateway.sockets.aclose)  # after the server stopped
@@ -193,6 +198,17 @@ class GatewayRuntime:
         # re-scanning it on every collection (a measured share of the per-request cost).
         gc.collect()
         gc.freeze()
+
+    async def _seed_usage(self, usage: UsageCounters) -> None:
+        """The month so far from the analytics store this process writes to (when it has one
+        it may read): quotas count from there, not from zero, after a restart."""
+        store = self.telemetry.store if self.telemetry is not None else None
+        if store is None:
+            return
+        try:
+            usage.seed(await billable_since(store, usage.month_start))
+        except Exception as exc:  # noqa: BLE001 (quotas then count from now; say so)
+            log.warning("quotas count from zero: the month so far could not be read (%s)", exc)
 
     async def _poll_key_changes(self, keys: KeyService, verifier: KeyVerifier) -> None:
         """Safety net beside the events bus: purge keys changed by any process (CLI included)."""

@@ -18,6 +18,7 @@ __all__ = [
     "KeyRevoked",
     "KeysError",
     "UnknownChain",
+    "UnknownOrg",
     "UnknownPlan",
 ]
 
@@ -52,6 +53,13 @@ class UnknownChain(KeysError):
     """The chain is not declared in the config."""
 
     code = "unknown_chain"
+
+
+class UnknownOrg(KeysError):
+    """No org has this id."""
+
+    code = "org_not_found"
+    status = 404
 
 
 class KeyNotFound(KeysError):

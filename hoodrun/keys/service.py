@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hoodrun.config import Config
 from hoodrun.keys._queries import LOOKUP, select_keys, to_record
-from hoodrun.keys.errors import InvalidKeyOptions, KeyNotFound, KeyRevoked
+from hoodrun.keys.errors import InvalidKeyOptions, KeyNotFound, KeyRevoked, UnknownOrg, UnknownPlan
 from hoodrun.keys.events import KeyEvents
 from hoodrun.keys.options import KeyOptions, check_options
 from hoodrun.keys.record import KeyRecord
@@ -160,6 +160,52 @@ class KeyService:
             lambda row, _: {"disabled": False} if row["disabled"] else None,
             actor=actor,
         )
+
+    async def change_plan(self, key_id: str, plan: str | None, *, actor: str) -> KeyRecord:
+        """Give the key its own plan (``None``: back to its org's). Gateways apply it to the
+        key's next request: the change is announced like a revocation."""
+        self._check_plan(plan)
+        return await self._change(
+            key_id,
+            "key.plan",
+            lambda row, _: None if row["plan"] == plan else {"plan": plan},
+            actor=actor,
+        )
+
+    async def change_org_plan(self, org_id: str, plan: str | None, *, actor: str) -> list[str]:
+        """Set the plan of an org's keys that name none (``None``: the default plan). Every key
+        of the org is announced, so gateways resolve its plan again. Returns their ids."""
+        self._check_plan(plan)
+        async with self._store.transaction() as conn:
+            found = (
+                await conn.execute(select(orgs.c.plan).where(orgs.c.id == org_id).with_for_update())
+            ).first()
+            if found is None:
+                raise UnknownOrg(f"no org has the id {org_id!r}")
+            rows = (
+                await conn.execute(
+                    select(api_keys.c.id, api_keys.c.hash).where(api_keys.c.org_id == org_id)
+                )
+            ).all()
+            if found.plan == plan:
+                return [row.id for row in rows]
+            now = self._clock()
+            await conn.execute(update(orgs).where(orgs.c.id == org_id).values(plan=plan))
+            # Their records carry the effective plan: touching them makes pollers see it too.
+            await conn.execute(
+                update(api_keys).where(api_keys.c.org_id == org_id).values(updated_at=now)
+            )
+            await write_audit(
+                conn, at=now, actor=actor, action="org.plan", target_type="org",
+                target_id=org_id, details={"plan": plan, "before": found.plan},
+            )  # fmt: skip
+        await self._announce([row.hash for row in rows])
+        return [row.id for row in rows]
+
+    def _check_plan(self, plan: str | None) -> None:
+        if plan is not None and self._config.plan(plan) is None:
+            names = ", ".join(p.name for p in self._config.plans)
+            raise UnknownPlan(f"unknown plan {plan!r}: use one of {names}")
 
     async def rotate(
         self, key_id: str, *, grace: timedelta | None = None, actor: str

@@ -291,8 +291,13 @@ class RowBuilder:
             refused, reason, pc.if_else(pc.not_equal(code_array, 0), "rpc_error", "ok")
         )
         method = pc.if_else(pc.equal(method, ""), "-", method)
-        # Calls the gateway refused reached no node: they weigh nothing.
+        # Calls the gateway refused reached no node: they weigh nothing. Cache hits may cost less.
         units = pc.if_else(refused, 0, self._units(chain, method))
+        percent = self.units.cache_hit_percent
+        if percent != 100:
+            hits = pc.equal(cache_hit, 1)
+            cheaper = pc.floor(pc.divide(pc.add(pc.multiply(units, percent), 50), 100))
+            units = pc.if_else(hits, pc.cast(cheaper, pa.int64()), units)
         columns = {
             "ts": pc.floor(pc.multiply(ts, 1000.0)).cast(pa.int64()).cast(SCHEMA.field("ts").type),
             "request_id": request_id,

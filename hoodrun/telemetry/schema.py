@@ -103,6 +103,16 @@ WHERE hour >= toDateTime({start:Int64}, 'UTC') AND hour < toDateTime({end:Int64}
 GROUP BY day, org_id, project_id, key_id, chain, method, outcome, error_code
 """
 
+# Billable usage per org since ``start`` (the month so far, for quotas): calls answered by a
+# node or the cache (outcome ok or rpc_error) and their compute units.
+BILLABLE_SINCE = """
+SELECT org_id, countIf(outcome IN ('ok', 'rpc_error')) AS requests,
+    sum(compute_units) AS compute_units
+FROM {db}.requests_raw FINAL
+WHERE ts >= fromUnixTimestamp64Milli({start:Int64}) AND org_id != ''
+GROUP BY org_id
+"""
+
 # Hours whose raw row count differs from their hourly rollup: the catch-up after a crash.
 STALE_HOURS = """
 SELECT toUnixTimestamp(r.hour) AS hour FROM (

@@ -27,15 +27,19 @@ from hoodrun.telemetry.spool import Spool
 from hoodrun.telemetry.store import AnalyticsStore, open_analytics
 from hoodrun.telemetry.units import ComputeUnits
 
-__all__ = ["Telemetry", "open_telemetry", "row_builder"]
+__all__ = ["Telemetry", "compute_units", "open_telemetry", "row_builder"]
 
 log = logging.getLogger("hoodrun.telemetry")
 
 
-def row_builder(config: Config) -> RowBuilder:
+def compute_units(config: Config) -> ComputeUnits:
     cu = config.compute_units
+    return ComputeUnits(cu.default, cu.methods, cu.chains, cu.cache_hit_percent)
+
+
+def row_builder(config: Config) -> RowBuilder:
     return RowBuilder(
-        ComputeUnits(cu.default, cu.methods, cu.chains),
+        compute_units(config),
         config.telemetry.client_ip,
         # A salt per deployment, kept beside the data: hashes stay comparable across restarts
         # and cannot be reversed by trying every address without it.

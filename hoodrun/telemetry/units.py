@@ -3,16 +3,16 @@
 The default table follows the public tables of the large providers (Alchemy's compute units:
 eth_blockNumber 10, eth_call 26, eth_getLogs 75, eth_sendRawTransaction 250,
 debug_traceTransaction 309, ...). The config can change any entry, per chain too; a method that is
-in no table costs ``compute_units.default``. The metering issue owns the rules on top (refusals
-cost nothing, cache discounts); the telemetry record carries the table's value for calls that
-reached a node, and 0 for calls the gateway refused or could not serve.
+in no table costs ``compute_units.default``. Calls the gateway refused or could not serve cost
+nothing; a call answered from the response cache costs ``compute_units.cache_hit_percent`` of
+its units (100 by default: a cache hit is still the customer's call).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["DEFAULT_COMPUTE_UNITS", "ComputeUnits"]
+__all__ = ["DEFAULT_COMPUTE_UNITS", "ComputeUnits", "discounted"]
 
 DEFAULT_COMPUTE_UNITS: Mapping[str, int] = {
     # free of charge: identity and liveness
@@ -84,8 +84,10 @@ class ComputeUnits:
         default: int = 20,
         methods: Mapping[str, int] | None = None,
         chains: Mapping[str, Mapping[str, int]] | None = None,
+        cache_hit_percent: int = 100,
     ) -> None:
         self.default = default
+        self.cache_hit_percent = cache_hit_percent
         self._methods = {**DEFAULT_COMPUTE_UNITS, **(methods or {})}
         self._chains = {
             chain: {**self._methods, **table} for chain, table in (chains or {}).items()
@@ -94,3 +96,13 @@ class ComputeUnits:
     def of(self, chain: str, method: str) -> int:
         table = self._chains.get(chain, self._methods)
         return table.get(method, self.default)
+
+    def charged(self, chain: str, method: str, cache_hit: bool) -> int:
+        """The units a call answered by a node (or by the cache) costs."""
+        units = self.of(chain, method)
+        return discounted(units, self.cache_hit_percent) if cache_hit else units
+
+
+def discounted(units: int, percent: int) -> int:
+    """``percent`` of ``units``, rounded half up to a whole unit."""
+    return (units * percent + 50) // 100

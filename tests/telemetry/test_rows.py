@@ -64,3 +64,14 @@ def test_out_of_range_numbers_are_kept_in_range() -> None:
     (row,) = _rows(RowBuilder(ComputeUnits()).table_of_columns(buffer))
     assert row["error_code"] == -32603 and row["outcome"] == "rpc_error"
     assert row["attempts"] == 255 and row["bytes_in"] == 2**32 - 1
+
+
+def test_cache_hits_cost_their_percent_on_both_paths() -> None:
+    builder = RowBuilder(ComputeUnits(cache_hit_percent=50))
+    hit = call_record("r1", method="eth_call", cache_hit=True)
+    miss = call_record("r2", method="eth_call")
+    buffer = ColumnBuffer()
+    for record in (hit, miss):
+        buffer.add(record)
+    for table in (builder.table_of_columns(buffer), builder.table([hit, miss])):
+        assert [row["compute_units"] for row in _rows(table)] == [13, 26]

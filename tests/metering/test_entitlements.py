@@ -1,0 +1,87 @@
+"""Entitlement checks and the month-to-date counters behind quotas (in memory, clock injected)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from hoodrun.config import PlanConfig, RateConfig
+from hoodrun.metering.entitlements import Entitlements, UsageCounters, month_bounds
+from hoodrun.telemetry.units import ComputeUnits
+from tests.telemetry.support import call_record
+
+NOV = datetime(2026, 11, 29, 12, 0, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def plan(**extra: object) -> PlanConfig:
+    return PlanConfig.model_validate({"name": "p", "rate": RateConfig(rps=1), **extra})
+
+
+def counters(clock: Clock, percent: int = 100) -> UsageCounters:
+    return UsageCounters(ComputeUnits(cache_hit_percent=percent), clock)
+
+
+def test_month_bounds() -> None:
+    assert month_bounds(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_billable_calls_count_and_refusals_do_not() -> None:
+    clock = Clock(NOV)
+    usage = counters(clock, percent=50)
+    usage.emit(call_record("a", ts=NOV, method="eth_call", org_id="o"))  # 26
+    usage.emit(call_record("b", ts=NOV, method="eth_call", org_id="o", cache_hit=True))  # 13
+    usage.emit(call_record("c", ts=NOV, org_id="o", reason="rate_limited", status=429))
+    usage.emit(call_record("d", ts=NOV, org_id="o", reason="upstream_error", status=502))
+    usage.emit(call_record("e", ts=NOV, org_id=None))
+    batch = call_record(
+        "f", ts=NOV, org_id="o", method="batch", calls=3,
+        methods=("eth_blockNumber", "eth_getLogs", "eth_call"),
+        call_results=((0, None), (-32005, "logs_range_exceeded"), (3, None)),
+    )  # fmt: skip
+    usage.emit(batch)  # 10 + 26: the refused eth_getLogs costs nothing
+    assert usage.used("o", "requests") == 4 and usage.used("o", "compute_units") == 26 + 13 + 36
+    assert usage.used("nobody", "requests") == 0
+
+
+def test_a_new_month_starts_from_zero() -> None:
+    clock = Clock(NOV)
+    usage = counters(clock)
+    usage.seed({"o": (100, 1000)})
+    usage.emit(call_record("a", ts=NOV, org_id="o"))
+    assert usage.used("o", "requests") == 101
+    clock.now = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert usage.used("o", "requests") == 0
+    assert usage.month_start == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_checks_for_features_and_quotas() -> None:
+    clock = Clock(NOV)
+    usage = counters(clock)
+    entitlements = Entitlements(usage)
+    limited = plan(trace=False, quotas={"requests": 2})
+    assert entitlements.check("o", limited, "trace").allowed is False
+    assert entitlements.check("o", limited, "archive").allowed is True
+    fresh = entitlements.check("o", limited, "requests")
+    assert (fresh.allowed, fresh.limit, fresh.used, fresh.remaining) == (True, 2, 0, 2)
+    assert fresh.resets_at == datetime(2026, 12, 1, tzinfo=UTC)
+    assert entitlements.exhausted("o", limited) is None
+    for n in range(2):
+        usage.emit(call_record(str(n), ts=NOV, org_id="o"))
+    spent = entitlements.exhausted("o", limited)
+    assert spent is not None and spent.name == "requests" and spent.remaining == 0
+    unlimited = entitlements.check("o", plan(), "compute_units")
+    assert unlimited.allowed and unlimited.limit is None and unlimited.used == 52
+    with pytest.raises(KeyError):
+        entitlements.check("o", limited, "tokens")
