@@ -18,10 +18,18 @@ from pydantic import BaseModel, Field
 
 from hoodrun.api.app import ApiError, _bearer
 from hoodrun.api.models import ErrorOut
+from hoodrun.metering.forecast import forecast
 from hoodrun.telemetry.reporting import GROUP_COLUMNS, MAX_LIMIT, Reports
 from hoodrun.telemetry.store import StoreError
 
-__all__ = ["TopErrorsOut", "TopMethodsOut", "UsageOut", "UsageRowOut", "usage_router"]
+__all__ = [
+    "ForecastOut",
+    "TopErrorsOut",
+    "TopMethodsOut",
+    "UsageOut",
+    "UsageRowOut",
+    "usage_router",
+]
 
 log = logging.getLogger("hoodrun.api")
 
@@ -80,6 +88,22 @@ class TopErrorRowOut(BaseModel):
 class TopErrorsOut(_ReportOut):
     limit: int
     rows: list[TopErrorRowOut]
+
+
+class ForecastOut(BaseModel):
+    """An org's usage this month (UTC) so far, where it is heading, and whether the last hour
+    is far above its normal."""
+
+    org: str
+    meter: Literal["requests", "compute_units"]
+    period_start: datetime
+    period_end: datetime
+    used: int = Field(description="Billable so far this period.")
+    projected: int = Field(description="At the period's end, at the recent hourly rate.")
+    hourly_rate: float = Field(description="The mean of the last 24 complete hours.")
+    last_hour: int = Field(description="The last complete hour.")
+    typical_hour: float = Field(description="The median hour of the week before it.")
+    anomaly: bool = Field(description="The last hour is above 4x the typical hour (and 100).")
 
 
 _GROUPS = ", ".join(GROUP_COLUMNS)
@@ -176,6 +200,26 @@ def usage_router(reports_provider: Callable[[], Reports | None], token: str | No
             return await reports.usage(start=start, end=end, by=by, every=every, **scope.filters())
 
         return UsageOut.model_validate(await answer(scope, run))
+
+    @router.get("/forecast")
+    async def usage_forecast(
+        org: Annotated[str, Query(description="The org id (org_...).")],
+        meter: Annotated[
+            Literal["requests", "compute_units"], Query(description="What to forecast.")
+        ] = "compute_units",
+    ) -> ForecastOut:
+        """Projected end-of-month usage from the month so far, and an anomaly flag."""
+        reports = reports_provider()
+        if reports is None:
+            raise ApiError(503, "analytics_unavailable", "the analytics store is not open")
+        try:
+            found = await forecast(reports.store, org, meter, reports.now())
+        except StoreError as exc:
+            log.warning("usage forecast failed: %s", exc)
+            raise ApiError(
+                503, "analytics_unavailable", f"the analytics store failed: {exc}"
+            ) from None
+        return ForecastOut.model_validate(found, from_attributes=True)
 
     @router.get("/top-methods")
     async def top_methods(scope: Annotated[Scope, Depends()], limit: Limit = 10) -> TopMethodsOut:

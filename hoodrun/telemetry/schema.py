@@ -113,6 +113,17 @@ WHERE ts >= fromUnixTimestamp64Milli({start:Int64}) AND org_id != ''
 GROUP BY org_id
 """
 
+# One org's billable usage per hour since ``start`` (the forecast's history), from the rollups.
+BILLABLE_HOURLY = """
+SELECT toUnixTimestamp(hour) AS hour,
+    sumIf(requests, outcome IN ('ok', 'rpc_error')) AS requests,
+    sum(compute_units) AS compute_units
+FROM {db}.usage_hourly FINAL
+WHERE org_id = {org:String} AND hour >= toDateTime({start:Int64}, 'UTC')
+GROUP BY hour
+ORDER BY hour
+"""
+
 # Hours whose raw row count differs from their hourly rollup: the catch-up after a crash.
 STALE_HOURS = """
 SELECT toUnixTimestamp(r.hour) AS hour FROM (

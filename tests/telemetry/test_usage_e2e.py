@@ -167,13 +167,38 @@ def _check(report: dict[str, Any], calls: int) -> None:
 
 
 def test_usage_api_counts_every_call_on_chdb(tmp_path: Path, chdb_path: Path, chains: Any) -> None:
-    with Platform(_config(tmp_path, chdb_path, chains)) as running:
+    telemetry = {"flush_interval": 0.2, "rollup_interval": 0.3}
+    with Platform(_config(tmp_path, chdb_path, chains, telemetry=telemetry)) as running:
         pro, free = _create_keys(running.api_url)
         calls = _traffic(running.gateway_url, pro, free)
         report = _wait_for_usage(running.api_url, calls)
         _check(report, calls)
         time.sleep(0.5)  # nothing more arrives: exactly N, not at least N
         _check(_wait_for_usage(running.api_url, calls), calls)
+        # The forecast counts the billable calls (not the refused one) from the rollups.
+        billable = calls - 1
+        forecast = _wait_for_forecast(running.api_url, billable)
+        assert forecast["meter"] == "requests" and forecast["projected"] >= billable
+        assert forecast["anomaly"] is False
+
+
+def _wait_for_forecast(api: str, used: int, deadline: float = 15.0) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(timeout=10, headers=headers) as client:
+        org = client.get(f"{api}/admin/v1/keys").json()["keys"][0]["org_id"]
+        until = time.monotonic() + deadline
+        found: dict[str, Any] = {}
+        while time.monotonic() < until:
+            answer = client.get(
+                f"{api}/api/v1/usage/forecast", params={"org": org, "meter": "requests"}
+            )
+            assert answer.status_code == 200, answer.text
+            found = answer.json()
+            if found["used"] >= used:
+                assert found["used"] == used
+                return found
+            time.sleep(0.2)
+    pytest.fail(f"the forecast did not see {used} calls within {deadline} s: {found}")
 
 
 def test_usage_api_counts_every_call_through_nats(
