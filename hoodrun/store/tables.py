@@ -1,7 +1,8 @@
 """The business tables (SQLAlchemy Core). The schema itself is created by the migrations.
 
 org → projects → api_keys; plans mirror the config; audit_log records every change; alerts holds
-what Alertmanager last said of each alert (by its fingerprint).
+what Alertmanager last said of each alert (by its fingerprint). org → contracts (the plan and
+terms in force, with their history); org → credit_grants → credit_ledger (every grant and spend).
 Key material is never stored: ``api_keys.hash`` is base64(SHA-256(key)) and ``start`` is the
 short prefix people use to tell keys apart.
 """
@@ -22,9 +23,21 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from hoodrun.metering.money import ExactDecimal
 from hoodrun.store.columns import JSONType, UTCDateTime
 
-__all__ = ["alerts", "api_keys", "audit_log", "metadata", "orgs", "plans", "projects"]
+__all__ = [
+    "alerts",
+    "api_keys",
+    "audit_log",
+    "contracts",
+    "credit_grants",
+    "credit_ledger",
+    "metadata",
+    "orgs",
+    "plans",
+    "projects",
+]
 
 # Deterministic constraint names, so later migrations can refer to them on both backends.
 metadata = MetaData(
@@ -121,4 +134,54 @@ alerts = Table(
     Column("generator_url", String(512), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
     Index("ix_alerts_status", "status"),
+)
+
+# An org's contracts, oldest to newest: a plan change ends one at ``change_at`` and starts the next.
+contracts = Table(
+    "contracts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("plan", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("country", String(2), nullable=True),  # ISO 3166 alpha-2
+    Column("tax_id", String(64), nullable=True),
+    Column("business", Boolean, nullable=False),
+    Column("discount_percent", ExactDecimal(), nullable=False),
+    Column("minimum_override", ExactDecimal(), nullable=True),
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("ends_at", UTCDateTime(), nullable=True),  # open-ended when NULL
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_contracts_org_id_starts_at", "org_id", "starts_at"),
+)
+
+credit_grants = Table(
+    "credit_grants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # prepaid | promotional
+    Column("currency", String(3), nullable=False),
+    Column("amount", ExactDecimal(), nullable=False),
+    Column("remaining", ExactDecimal(), nullable=False),
+    Column("granted_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("note", String(256), nullable=False),
+)
+
+# Append-only: + amount when granted, - amount when spent; per grant the sum is ``remaining``.
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("grant_id", String(32), ForeignKey("credit_grants.id"), nullable=False, index=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("amount", ExactDecimal(), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("reference", String(128), nullable=True),
 )
