@@ -118,6 +118,13 @@ def _plan(**extra: object) -> dict[str, object]:
             "ISO 4217",
         ),
         ({"taxes": {"Turkey": {"rate": 0.2}}}, "alpha-2"),
+        (
+            {
+                "plans": [_plan(price={"type": "METERED", "fee": 5, "tiers": [{}]})],
+                "default_plan": "p",
+            },
+            "HYBRID",
+        ),
     ],
 )
 def test_metering_settings_are_checked(

@@ -353,7 +353,7 @@ class Gateway:
                 )
             if record is not None:
                 plan = self.policy.plan_of(record)
-                if plan.quotas and self.entitlements is not None:
+                if self.entitlements is not None and (plan.quotas or plan.spending_cap):
                     self._check_quotas(self.entitlements, record, plan)
             elif self.policy.public_plan is not None:  # keyless: _authenticate allowed it
                 plan = self.policy.public_plan
@@ -403,17 +403,26 @@ class Gateway:
 
     @staticmethod
     def _check_quotas(entitlements: Entitlements, record: KeyRecord, plan: PlanConfig) -> None:
+        resets = entitlements.counters.month_end
+        wait = str(max(1, int(resets.timestamp() - time.time())))
+        when = resets.strftime("%Y-%m-%dT%H:%M:%SZ")
         spent = entitlements.exhausted(record.org_id, plan)
-        if spent is None or spent.resets_at is None:
-            return
-        resets = spent.resets_at
-        wait = max(1, int(resets.timestamp() - time.time()))
-        raise QuotaExceeded(
-            f"Quota exceeded: plan {plan.name!r} allows {spent.limit:,} {spent.name} a month and "
-            f"{spent.used:,} were used; it resets at {resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, "
-            "or upgrade the plan",
-            headers=[("retry-after", str(wait))],
-        )
+        if spent is not None:
+            raise QuotaExceeded(
+                f"Quota exceeded: plan {plan.name!r} allows {spent.limit:,} {spent.name} a month "
+                f"and {spent.used:,} were used; it resets at {when}, or upgrade the plan",
+                headers=[("retry-after", wait)],
+            )
+        over = entitlements.over_cap(record.org_id, plan)
+        if over is not None:
+            amount, cap = over
+            raise QuotaExceeded(
+                f"Spending cap reached: plan {plan.name!r} stops at {cap.amount} {cap.currency} "
+                f"a month and {amount.amount} {amount.currency} was used; it resets at {when}, "
+                "or raise the cap",
+                reason="spending_cap_reached",
+                headers=[("retry-after", wait)],
+            )
 
     def chain_for(self, name: str) -> ChainState:
         chain = self.chains.get(name)

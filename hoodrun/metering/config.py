@@ -136,6 +136,8 @@ class PriceConfig(_Model):
     def _shape(self) -> PriceConfig:
         if self.type == "FIXED" and (self.tiers or self.included):
             raise ValueError("a FIXED price has a fee only (no tiers, no included units)")
+        if self.type == "METERED" and self.fee:
+            raise ValueError("a METERED price has no fee (a fee with included units is HYBRID)")
         if self.type != "FIXED" and not self.tiers:
             raise ValueError(f"a {self.type} price needs tiers (one tier: a single unit price)")
         bounds = [tier.up_to for tier in self.tiers]

@@ -19,6 +19,12 @@ PLANS = [
     {"name": "small", "rate": {"rps": 1000, "burst": 1000}, "quotas": {"requests": 5}},
     {"name": "units", "rate": {"rps": 1000, "burst": 1000}, "quotas": {"compute_units": 30}},
     {"name": "big", "rate": {"rps": 1000, "burst": 1000}, "quotas": {"requests": 1000}},
+    {
+        "name": "capped",
+        "rate": {"rps": 1000, "burst": 1000},
+        "price": {"type": "METERED", "currency": "USD", "per": 10, "tiers": [{"unit_price": "1"}]},
+        "spending_cap": "3",
+    },
 ]
 
 
@@ -80,6 +86,23 @@ def test_compute_unit_quotas_weigh_each_method(
     refused = call(client, url, "eth_chainId")
     assert refused.status_code == 429
     assert "allows 30 compute_units a month and 30 were used" in refused.json()["error"]["message"]
+
+
+def test_a_spending_cap_refuses_once_reached(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Any, client: httpx.Client
+) -> None:
+    gw: ThreadedGateway = gateway_factory(
+        _config(make_config(sqlite_url, {"eth": (1, [eth_anvil])}))
+    )
+    url = gw.endpoint(gw.key(plan="capped").key)
+    # eth_blockNumber: 10 units, 1 USD each 10 units. The amount so far is recomputed each
+    # second, so a few calls more may pass before the refusal.
+    answer = _eventually_refused(client, url)
+    error = answer.json()["error"]
+    assert error["code"] == -32005 and error["data"]["reason"] == "spending_cap_reached"
+    assert "plan 'capped' stops at 3 USD a month" in error["message"]
+    used = float(error["message"].split(" and ")[1].split(" USD")[0])
+    assert used >= 3
 
 
 def test_an_org_plan_change_lifts_the_quota_of_its_keys(

@@ -8,6 +8,7 @@ import pytest
 
 from hoodrun.config import PlanConfig, RateConfig
 from hoodrun.metering.entitlements import Entitlements, UsageCounters, month_bounds
+from hoodrun.metering.money import Money
 from hoodrun.telemetry.units import ComputeUnits
 from tests.telemetry.support import call_record
 
@@ -85,3 +86,28 @@ def test_checks_for_features_and_quotas() -> None:
     assert unlimited.allowed and unlimited.limit is None and unlimited.used == 52
     with pytest.raises(KeyError):
         entitlements.check("o", limited, "tokens")
+
+
+def test_spending_cap_of_a_metered_plan() -> None:
+    clock = Clock(NOV)
+    usage = counters(clock)
+    entitlements = Entitlements(usage, cap_every=1.0)
+    price = {
+        "type": "METERED", "currency": "USD", "per": 1000,
+        "tiers": [{"up_to": 100, "unit_price": "1.00"}, {"unit_price": "0.50"}],
+        "multipliers": {"trace": 3},
+    }  # fmt: skip
+    capped = plan(price=price, spending_cap="0.20")
+    assert entitlements.spent("o", capped) == Money.of("0", "USD")
+    assert entitlements.over_cap("o", capped) is None
+    for n in range(3):  # 3 x 26 units of eth_call
+        usage.emit(call_record(str(n), ts=NOV, org_id="o", method="eth_call"))
+    usage.emit(call_record("t", ts=NOV, org_id="o", method="debug_traceTransaction"))  # 309 x 3
+    # Cached for a second: still nothing spent.
+    assert entitlements.over_cap("o", capped) is None
+    clock.now += 1.0
+    # 78 + 927 = 1005 units: 100 at 1.00 and 905 at 0.50 per 1000 -> 0.10 + 0.4525 -> 0.10 + 0.45
+    spent = entitlements.spent("o", capped)
+    assert spent == Money.of("0.55", "USD")
+    assert entitlements.over_cap("o", capped) == (spent, Money.of("0.20", "USD"))
+    assert entitlements.over_cap("o", plan(price=price)) is None  # no cap, no refusal
