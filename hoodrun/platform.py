@@ -22,6 +22,7 @@ from hoodrun.config import ChainConfig, Config, ConfigError, UpstreamConfig, par
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
+from hoodrun.metering.meters import MeterService
 from hoodrun.ops.alerts import AlertBook
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
@@ -137,6 +138,7 @@ async def run_platform(
                 token=config.resolved_admin_token(),
                 reports=lambda: reports,
                 alerts=AlertBook(store),
+                meters=MeterService(reports.store, config.meters) if reports is not None else None,
             )
             server = _Uvicorn(
                 uvicorn.Config(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,9 @@ __all__ = ["AnalyticsStore", "ChdbStore", "ClickHouseStore", "StoreError", "open
 INSERT_SETTINGS = "optimize_on_insert = 0, max_insert_threads = 1, max_threads = 1"
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
 class StoreError(RuntimeError):
     """The analytics store refused or failed a statement."""
 
@@ -49,6 +53,9 @@ class AnalyticsStore(Protocol):
 
     async def insert(self, table: pa.Table) -> None:
         """Append rows to ``requests_raw``."""
+
+    async def insert_into(self, table_name: str, table: pa.Table) -> None:
+        """Append rows to another table of this store's database, columns matched by name."""
 
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         """Run a statement that returns nothing (``{db}`` is this store's database)."""
@@ -164,6 +171,14 @@ class ChdbStore:
         )
         await self._in_background(self._writer.insert, sql, table)
 
+    async def insert_into(self, table_name: str, table: pa.Table) -> None:
+        columns = ", ".join(_identifier(name) for name in table.column_names)
+        sql = (
+            f"INSERT INTO {self.database}.{_identifier(table_name)} ({columns})"  # noqa: S608
+            f" SETTINGS {INSERT_SETTINGS} SELECT * FROM $table"
+        )
+        await self._in_background(self._writer.insert, sql, table)
+
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         statement = sql.replace("{db}", self.database)
         await self._in_background(self._writer.run, statement, "CSV", params)
@@ -234,6 +249,12 @@ class ClickHouseStore:
             settings={"optimize_on_insert": 0},
         )  # fmt: skip
 
+    async def insert_into(self, table_name: str, table: pa.Table) -> None:
+        await asyncio.to_thread(
+            self._call, "writer", "insert_arrow", f"{self.database}.{_identifier(table_name)}",
+            table, settings={"optimize_on_insert": 0},
+        )  # fmt: skip
+
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         statement = sql.replace("{db}", self.database)
         await asyncio.to_thread(self._call, "writer", "command", statement, parameters=params)
@@ -257,6 +278,13 @@ def open_analytics(config: Config) -> AnalyticsStore:
         return ClickHouseStore(config.analytics_url, config.analytics_database)
     path = config.analytics_path or config.data_dir / "analytics"
     return ChdbStore(path, config.analytics_database)
+
+
+def _identifier(name: str) -> str:
+    """A table or column name, checked before it is formatted into a statement."""
+    if not _IDENTIFIER.match(name):
+        raise StoreError(f"{name!r} is not a valid table or column name (letters, digits, _)")
+    return name
 
 
 def _first_line(exc: BaseException) -> str:
