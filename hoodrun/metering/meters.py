@@ -252,8 +252,9 @@ def _builtin_meter(slug: str) -> _Meter:
     return _Meter(
         slug=slug,
         description=(
-            "Built in: JSON-RPC calls through the gateway (a batch counts each call); the subject "
-            "is the org id."
+            "Built in: billable JSON-RPC calls through the gateway, answered by a node or the "
+            "cache (a batch counts each call; refusals and failures do not); the subject is the "
+            "org id."
             if counts
             else "Built in: compute units of the calls through the gateway; the subject is the "
             "org id."
@@ -267,7 +268,9 @@ def _builtin_meter(slug: str) -> _Meter:
         time="ts",
         order="(ts, request_id, call_index)",
         subject="org_id",
-        where="1",
+        # Billable calls only, as quotas and invoices count them (compute units of the others
+        # are 0 already).
+        where="outcome IN ('ok', 'rpc_error')",
         params={},
         groups={name: f"toString({name})" for name in _BUILTIN_GROUPS},
         value=None if counts else "toFloat64(compute_units)",
