@@ -18,15 +18,23 @@ from pathlib import Path
 import uvicorn
 
 from hoodrun.api.app import create_api_app
-from hoodrun.config import ChainConfig, Config, ConfigError, UpstreamConfig, parse_listen
+from hoodrun.config import (
+    ChainConfig,
+    Config,
+    ConfigError,
+    PlanConfig,
+    UpstreamConfig,
+    parse_listen,
+)
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
+from hoodrun.metering.entitlements import OrgEntitlements
 from hoodrun.metering.meters import MeterService
 from hoodrun.ops.alerts import AlertBook
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
-from hoodrun.telemetry.service import Telemetry, open_telemetry
+from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
 from hoodrun.telemetry.store import open_analytics
 
 __all__ = ["DEVNET_CHAINS", "Running", "run_platform", "run_worker", "start_devnet"]
@@ -139,6 +147,15 @@ async def run_platform(
                 reports=lambda: reports,
                 alerts=AlertBook(store),
                 meters=MeterService(reports.store, config.meters) if reports is not None else None,
+                entitlements=OrgEntitlements(
+                    lambda name: (
+                        keys.config.plan(name or keys.config.default_plan) or keys.config.plans[0]
+                    ),
+                    keys.org_plan,
+                    counters=runtime.usage if runtime is not None else None,
+                    analytics=reports.store if reports is not None and runtime is None else None,
+                    units=compute_units(config),
+                ),
             )
             server = _Uvicorn(
                 uvicorn.Config(
@@ -176,6 +193,13 @@ async def run_platform(
             ready(info)
         await stop.wait()
         log.info("stopping: finishing requests in flight")
+
+
+def _plan_named(config: Config, name: str | None) -> PlanConfig:
+    """The plan called ``name``; the default plan for none (or one no longer in the config)."""
+    found = config.plan(name) if name is not None else None
+    default = config.plan(config.default_plan)
+    return found or default or config.plans[0]
 
 
 def _reload_on_sighup(

@@ -41,6 +41,7 @@ from hoodrun.keys.service import KeyService
 from hoodrun.store import StoreUnavailable
 
 if TYPE_CHECKING:
+    from hoodrun.metering.entitlements import OrgEntitlements
     from hoodrun.metering.meters import MeterService
     from hoodrun.ops.alerts import AlertBook
     from hoodrun.telemetry.reporting import Reports
@@ -91,13 +92,15 @@ def create_api_app(
     reports: Callable[[], Reports | None] | None = None,
     alerts: AlertBook | None = None,
     meters: MeterService | None = None,
+    entitlements: OrgEntitlements | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
     ``alerts`` (the store's alert book) adds Alertmanager's webhook and the alerts list.
     ``reports`` gives the usage reports (``/api/v1/usage``) their analytics store, or ``None``
     while it is unavailable (503). ``meters`` adds OpenMeter's API (``/api/v1/events``,
-    ``/api/v1/meters``; its errors are RFC 7807 problems).
+    ``/api/v1/meters``; its errors are RFC 7807 problems). ``entitlements`` adds the check-access
+    API (``/api/v1/entitlements``).
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -229,4 +232,8 @@ def create_api_app(
         from hoodrun.api.openmeter import openmeter_router
 
         app.include_router(openmeter_router(meters, token))
+    if entitlements is not None:
+        from hoodrun.api.entitlements import entitlements_router
+
+        app.include_router(entitlements_router(entitlements, token))
     return app

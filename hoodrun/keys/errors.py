@@ -55,7 +55,7 @@ class UnknownChain(KeysError):
     code = "unknown_chain"
 
 
-class UnknownOrg(KeysError):
+class UnknownOrg(KeysError, LookupError):
     """No org has this id."""
 
     code = "org_not_found"

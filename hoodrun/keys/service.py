@@ -202,6 +202,16 @@ class KeyService:
         await self._announce([row.hash for row in rows])
         return [row.id for row in rows]
 
+    async def org_plan(self, org_id: str) -> str | None:
+        """The org's own plan (None: the default plan); ``UnknownOrg`` (a ``LookupError``) when
+        no org has this id."""
+        async with self._store.connect() as conn:
+            found = (await conn.execute(select(orgs.c.plan).where(orgs.c.id == org_id))).first()
+        if found is None:
+            raise UnknownOrg(f"no org has the id {org_id!r}")
+        plan: str | None = found.plan
+        return plan
+
     def _check_plan(self, plan: str | None) -> None:
         if plan is not None and self._config.plan(plan) is None:
             names = ", ".join(p.name for p in self._config.plans)
