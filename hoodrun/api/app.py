@@ -220,6 +220,12 @@ def create_api_app(
         return AuditOut(entries=[AuditEntryOut.model_validate(e) for e in entries])
 
     app.include_router(admin)
+    from hoodrun.api.accounts import accounts_router
+    from hoodrun.metering.store import ContractBook, CreditBook
+
+    app.include_router(
+        accounts_router(ContractBook(keys.store, config), CreditBook(keys.store), keys, token)
+    )
     if reports is not None:
         from hoodrun.api.usage import usage_router
 
