@@ -267,6 +267,7 @@ class RetentionConfig(_Model):
     raw_days: int = Field(default=14, ge=1, description="requests_raw, in days.")
     hourly_days: int = Field(default=90, ge=1, description="usage_hourly, in days.")
     daily_months: int = Field(default=18, ge=1, description="usage_daily, in months.")
+    events_days: int = Field(default=400, ge=1, description="Usage events (CloudEvents), days.")
 
 
 class TelemetryConfig(_Model):

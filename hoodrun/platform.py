@@ -31,6 +31,7 @@ from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
 from hoodrun.metering.entitlements import OrgEntitlements
 from hoodrun.metering.meters import MeterService
+from hoodrun.metering.store import ContractBook, CreditBook
 from hoodrun.ops.alerts import AlertBook
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
@@ -146,7 +147,16 @@ async def run_platform(
                 token=config.resolved_admin_token(),
                 reports=lambda: reports,
                 alerts=AlertBook(store),
-                meters=MeterService(reports.store, config.meters) if reports is not None else None,
+                meters=(
+                    MeterService(
+                        reports.store,
+                        config.meters,
+                        retention_days=config.telemetry.retention.events_days,
+                    )
+                    if reports is not None
+                    else None
+                ),
+                accounts=(ContractBook(store, config), CreditBook(store)),
                 entitlements=OrgEntitlements(
                     lambda name: (
                         keys.config.plan(name or keys.config.default_plan) or keys.config.plans[0]

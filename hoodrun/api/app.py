@@ -43,6 +43,7 @@ from hoodrun.store import StoreUnavailable
 if TYPE_CHECKING:
     from hoodrun.metering.entitlements import OrgEntitlements
     from hoodrun.metering.meters import MeterService
+    from hoodrun.metering.store import ContractBook, CreditBook
     from hoodrun.ops.alerts import AlertBook
     from hoodrun.telemetry.reporting import Reports
 
@@ -93,6 +94,7 @@ def create_api_app(
     alerts: AlertBook | None = None,
     meters: MeterService | None = None,
     entitlements: OrgEntitlements | None = None,
+    accounts: tuple[ContractBook, CreditBook] | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -100,7 +102,7 @@ def create_api_app(
     ``reports`` gives the usage reports (``/api/v1/usage``) their analytics store, or ``None``
     while it is unavailable (503). ``meters`` adds OpenMeter's API (``/api/v1/events``,
     ``/api/v1/meters``; its errors are RFC 7807 problems). ``entitlements`` adds the check-access
-    API (``/api/v1/entitlements``).
+    API (``/api/v1/entitlements``); ``accounts`` (contracts and credits) their admin routes.
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -220,12 +222,10 @@ def create_api_app(
         return AuditOut(entries=[AuditEntryOut.model_validate(e) for e in entries])
 
     app.include_router(admin)
-    from hoodrun.api.accounts import accounts_router
-    from hoodrun.metering.store import ContractBook, CreditBook
+    if accounts is not None:
+        from hoodrun.api.accounts import accounts_router
 
-    app.include_router(
-        accounts_router(ContractBook(keys.store, config), CreditBook(keys.store), keys, token)
-    )
+        app.include_router(accounts_router(*accounts, keys, token))
     if reports is not None:
         from hoodrun.api.usage import usage_router
 

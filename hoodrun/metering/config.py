@@ -26,6 +26,8 @@ __all__ = [
 BUILTIN_METERS = ("requests", "compute_units")
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# The JSONPaths meters can read: object keys only ($.a, $.a.b), as hoodrun.metering.meters does.
+JSON_PATH = re.compile(r"^\$((?:\.[A-Za-z0-9_-]+)+)$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -60,8 +62,11 @@ class MeterConfig(_Model):
     @field_validator("value_property")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("$."):
-            raise ValueError("a JSONPath into the event's data, like $.tokens")
+        if value is not None and not JSON_PATH.match(value):
+            raise ValueError(
+                "a JSONPath of object keys into the event's data, like $.tokens or $.usage.input "
+                "(no arrays, wildcards or filters)"
+            )
         return value
 
     @field_validator("group_by")
@@ -70,8 +75,11 @@ class MeterConfig(_Model):
         for name, path in value.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", name):
                 raise ValueError(f"group_by name {name!r}: letters, digits and _")
-            if not path.startswith("$."):
-                raise ValueError(f"group_by {name}: a JSONPath into the event's data, like $.model")
+            if not JSON_PATH.match(path):
+                raise ValueError(
+                    f"group_by {name}: a JSONPath of object keys into the event's data, like "
+                    "$.model (no arrays, wildcards or filters)"
+                )
         return value
 
     @model_validator(mode="after")

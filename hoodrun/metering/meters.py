@@ -27,7 +27,6 @@ is missing or not a number are left out), COUNT of events, UNIQUE_COUNT of disti
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hoodrun.config import ConfigError
-from hoodrun.metering.config import BUILTIN_METERS, MeterConfig
+from hoodrun.metering.config import BUILTIN_METERS, JSON_PATH, MeterConfig
 from hoodrun.metering.events import DEFAULT_RETENTION_DAYS, EventLog, parse_rfc3339
 
 if TYPE_CHECKING:
@@ -58,7 +57,6 @@ SUBJECT = "subject"  # groupBy's reserved name: group by the subject
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-_PATH = re.compile(r"^\$((?:\.[A-Za-z0-9_-]+)+)$")
 
 # Built-in meters' groups: the request record's columns.
 _BUILTIN_GROUPS = ("chain", "method", "key_id", "project_id", "outcome")
@@ -78,7 +76,7 @@ class UnknownMeter(LookupError):
 
 def json_path_keys(path: str) -> tuple[str, ...]:
     """The object keys of a JSONPath of the supported form ``$.a`` / ``$.a.b``."""
-    match = _PATH.match(path)
+    match = JSON_PATH.match(path)
     if not match:
         raise ValueError(
             f"{path!r} is not supported: use $.key or $.key.subkey (object keys of letters, "

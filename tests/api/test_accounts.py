@@ -11,6 +11,7 @@ import pytest
 from hoodrun.api.app import create_api_app
 from hoodrun.config import Config
 from hoodrun.keys.service import KeyService
+from hoodrun.metering.store import ContractBook, CreditBook
 from hoodrun.store import Store
 
 TOKEN = "test-admin-token"
@@ -29,7 +30,8 @@ CONFIG = Config.model_validate(
 @pytest.fixture
 async def setup(store: Store) -> AsyncIterator[tuple[httpx.AsyncClient, KeyService]]:
     keys = KeyService(store, CONFIG)
-    app = create_api_app(CONFIG, keys, token=TOKEN)
+    books = (ContractBook(store, CONFIG), CreditBook(store))
+    app = create_api_app(CONFIG, keys, token=TOKEN, accounts=books)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
         yield http, keys
