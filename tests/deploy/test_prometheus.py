@@ -6,13 +6,11 @@ Alertmanager delivers it to HoodRun's webhook, whose alert list then shows it.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ import yaml
 
 from hoodrun.config import Config
 from hoodrun.devnet import Anvil, free_port
-from hoodrun.platform import run_platform
+from tests._platform import PlatformThread
 from tests.gateway.conftest import ThreadedGateway, make_config, rpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -348,42 +346,25 @@ def _short_for(rules: dict[str, Any]) -> dict[str, Any]:
 
 
 class ApiRole:
-    """HoodRun's api role (``run_platform(api=True)``) on a thread, listening on a free port."""
+    """HoodRun's api role (``run_platform(gateway=False)``) on a thread, on a free port."""
 
     TOKEN = "alerts-test-token"
 
     def __init__(self, config: Config) -> None:
         self.port = free_port()
-        self.config = config.model_copy(
-            update={"api_listen": f"127.0.0.1:{self.port}", "admin_token": self.TOKEN}
+        self._platform = PlatformThread(
+            config.model_copy(
+                update={"api_listen": f"127.0.0.1:{self.port}", "admin_token": self.TOKEN}
+            ),
+            gateway=False,
         )
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            await run_platform(
-                self.config, gateway=False, ready=lambda _: self._ready.set(), stop=self._stop
-            )
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
 
     def __enter__(self) -> ApiRole:
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
+        self._platform.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        self._platform.__exit__(*exc)
 
 
 def _alertmanager_config(workdir: Path, api: ApiRole) -> Path:

@@ -6,7 +6,6 @@ groups and group filters (sent the client's way: a Python dict's text), by GET a
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,51 +19,11 @@ from openmeter.models import Event, MeterQueryRequest
 
 from hoodrun.config import Config
 from hoodrun.devnet import free_port
-from hoodrun.platform import Running, run_platform
 from hoodrun.telemetry.store import ChdbStore
+from tests._platform import PlatformThread
 from tests.metering.test_meters import METERS, TOKEN_DUPLICATES, TOKEN_EVENTS
 
 TOKEN = "openmeter-client-token"
-
-
-class ApiRole:
-    """``run_platform`` with the api role only, on its own loop in a thread."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.running: Running | None = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        def ready(info: Running) -> None:
-            self.running = info
-            self._ready.set()
-
-        try:
-            self.loop.run_until_complete(
-                run_platform(self.config, gateway=False, ready=ready, stop=self._stop)
-            )
-        except BaseException as exc:  # reported to the test
-            self.error = exc
-            self._ready.set()
-
-    def __enter__(self) -> str:
-        self._thread.start()
-        self._ready.wait(60)
-        if self.error is not None:
-            raise self.error
-        assert self.running is not None
-        return self.running.api_url
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
 
 
 @pytest.fixture
@@ -81,7 +40,8 @@ def api_url(tmp_path: Path, chdb_path: Path) -> Iterator[str]:
             "meters": [meter.model_dump() for meter in METERS],
         }
     )
-    with ApiRole(config) as url:
+    with PlatformThread(config, gateway=False) as running:
+        url = running.api_url
         yield url
 
     async def drop() -> None:

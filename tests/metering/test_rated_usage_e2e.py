@@ -19,7 +19,8 @@ from hoodrun.metering.credits import CreditGrant
 from hoodrun.metering.entitlements import month_bounds
 from hoodrun.metering.money import Money
 from hoodrun.metering.rating import ContractTerms, rate_period
-from tests.telemetry.test_usage_e2e import TOKEN, Platform, _config
+from tests._platform import PlatformThread
+from tests.telemetry.test_usage_e2e import TOKEN, _config
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 METER = {
@@ -80,7 +81,7 @@ def test_metered_usage_rates_as_computed_by_hand(
 ) -> None:
     chains = {"eth": (1, anvil_factory(chain_id=1))}
     config = _config(tmp_path, chdb_path, chains, meters=[METER], telemetry={"flush_interval": 0.2})
-    with Platform(config) as running, httpx.Client(timeout=10, headers=AUTH) as client:
+    with PlatformThread(config) as running, httpx.Client(timeout=10, headers=AUTH) as client:
         created = client.post(f"{running.api_url}/admin/v1/keys", json={"org": "acme"}).json()
         org = created["org_id"]
         _traffic(running.gateway_url, created["key"])

@@ -5,7 +5,6 @@ NATS JetStream."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,48 +17,10 @@ import pytest
 
 from hoodrun.config import Config
 from hoodrun.devnet import Anvil, free_port
-from hoodrun.platform import Running, run_platform
+from tests._platform import PlatformThread
 
 TOKEN = "usage-e2e-token"
 NATS_URL = "nats://127.0.0.1:4222"
-
-
-class Platform:
-    """``run_platform`` (both roles) on its own loop in a thread."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.running: Running | None = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        def ready(info: Running) -> None:
-            self.running = info
-            self._ready.set()
-
-        try:
-            self.loop.run_until_complete(run_platform(self.config, ready=ready, stop=self._stop))
-        except BaseException as exc:  # reported to the test
-            self.error = exc
-            self._ready.set()
-
-    def __enter__(self) -> Running:
-        self._thread.start()
-        self._ready.wait(60)
-        if self.error is not None:
-            raise self.error
-        assert self.running is not None
-        return self.running
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
 
 
 def _config(
@@ -168,7 +129,7 @@ def _check(report: dict[str, Any], calls: int) -> None:
 
 def test_usage_api_counts_every_call_on_chdb(tmp_path: Path, chdb_path: Path, chains: Any) -> None:
     telemetry = {"flush_interval": 0.2, "rollup_interval": 0.3}
-    with Platform(_config(tmp_path, chdb_path, chains, telemetry=telemetry)) as running:
+    with PlatformThread(_config(tmp_path, chdb_path, chains, telemetry=telemetry)) as running:
         pro, free = _create_keys(running.api_url)
         calls = _traffic(running.gateway_url, pro, free)
         report = _wait_for_usage(running.api_url, calls)
@@ -212,7 +173,7 @@ def test_usage_api_counts_every_call_through_nats(
         telemetry={"flush_interval": 0.2, "stream": stream},
     )  # fmt: skip
     try:
-        with Platform(config) as running:
+        with PlatformThread(config) as running:
             pro, free = _create_keys(running.api_url)
             calls = _traffic(running.gateway_url, pro, free)
             _check(_wait_for_usage(running.api_url, calls), calls)
