@@ -523,6 +523,13 @@ class WebSockets:
             raise Forbidden(
                 f"Forbidden: this key may not use chain {chain_name!r}", reason="chain_not_allowed"
             )
+        plan = gateway.policy.plan_of(record) if record is not None else gateway.policy.public_plan
+        if plan is not None and not plan.websocket:
+            raise Forbidden(
+                f"Forbidden: plan {plan.name!r} does not include WebSockets; use HTTP, or "
+                "upgrade the plan",
+                reason="websocket_not_allowed",
+            )
         key_hash = self.gateway.verifier.hash_of(key) if key is not None else None
         if key_hash is not None:
             limit = self.gateway.config.ws.max_connections_per_key

@@ -126,16 +126,22 @@ def test_handshakes_are_checked_like_calls(
     gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil, client: httpx.Client
 ) -> None:
     config = make_config(sqlite_url, {"eth": (1, [eth_anvil])})
+    no_ws = config.plan("free").model_copy(update={"name": "http-only", "websocket": False})  # type: ignore[union-attr]
     config = config.model_copy(
-        update={"ws": config.ws.model_copy(update={"max_connections_per_key": 2})}
+        update={
+            "ws": config.ws.model_copy(update={"max_connections_per_key": 2}),
+            "plans": (*config.plans, no_ws),
+        }
     )
     gw: ThreadedGateway = gateway_factory(config)
     key = gw.key(plan="pro").key
+    http_only = gw.key(plan="http-only").key
 
     async def scenario() -> None:
         for url, status in (
             (_ws(gw, "hr_unknownunknownunknown12"), 401),
             (_ws(gw, key, chain="nope"), 404),
+            (_ws(gw, http_only), 403),  # the plan has no WebSockets
         ):
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(url):
