@@ -107,6 +107,20 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
+# chDB reads a query parameter's value as ClickHouse's escaped text (as the HTTP interface
+# does): sent as is, a backslash and an n would arrive as a newline, and a real tab or newline
+# is refused. clickhouse-connect escapes its parameters itself; this does the same for chDB.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+
+
+def _escaped(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with their strings escaped, so chDB reads each back exactly as given."""
+    return {
+        name: value.translate(_ESCAPES) if isinstance(value, str) else value
+        for name, value in params.items()
+    }
+
+
 class _Conn:
     """One chDB connection and the lock that serializes its calls."""
 
@@ -121,7 +135,7 @@ class _Conn:
                 self.conn = _chdb_connect(self.path)
             try:
                 if params:
-                    return self.conn.query(sql, fmt, params=params)
+                    return self.conn.query(sql, fmt, params=_escaped(params))
                 return self.conn.query(sql, fmt)
             except RuntimeError as exc:  # chdb's errors are RuntimeError subclasses
                 raise StoreError(_first_line(exc)) from exc

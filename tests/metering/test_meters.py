@@ -359,6 +359,29 @@ async def test_subjects(meters: MeterService) -> None:
     assert await meters.subjects("balance") == ["acme", "globex"]
 
 
+async def test_subjects_and_filters_match_backslashes_tabs_and_newlines_exactly(
+    analytics_store: ChdbStore,
+) -> None:
+    # Query parameters reach ClickHouse as escaped text: a value is matched as sent, not
+    # unescaped (a\nb is four characters) nor refused (a real tab or newline).
+    service = MeterService(analytics_store, METERS, retention_days=RETENTION, clock=FakeClock(NOW))
+    odd = ["org\\acme", "tab\there", "new\nline", "\\N"]
+    await service.events.ingest(
+        [
+            ev(f"x{n}", "llm", subject, "2026-03-08T10:00:00Z", tokens=n + 1, model=subject)
+            for n, subject in enumerate(odd)
+        ]
+    )
+    assert await service.subjects("tokens") == sorted(odd)
+    for n, value in enumerate(odd):
+        one = await run(service, "tokens", subjects=[value], **WHOLE)
+        assert by_subject(one) == {value: n + 1}, value
+        filtered = await run(service, "tokens", filter_group_by={"model": value}, **WHOLE)
+        assert windows(filtered)[0][2] == n + 1, value
+    escaped = await run(service, "tokens", subjects=["new\\nline"], **WHOLE)
+    assert escaped["data"] == []  # a backslash and an n, not the newline of "new\nline"
+
+
 # --- aggregations -------------------------------------------------------------------------------
 
 
