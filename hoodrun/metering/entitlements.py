@@ -106,28 +106,34 @@ class UsageCounters:
         if record.ts >= self._month_end:
             self._roll()
         units = self.units
+        chain = record.chain
         if record.call_results is None:
             if record.reason is not None or record.status >= 500 or not record.calls:
                 return  # refused by the gateway, or no node answered
             requests = record.calls
-            cost = sum(
-                units.charged(record.chain, method, record.cache_hit) for method in record.methods
-            )
+            cost = sum(units.charged(chain, method, record.cache_hit) for method in record.methods)
+            self._add(org, chain, record.methods[0] if record.methods else "", requests, cost)
         else:  # a batch: the calls the gateway answered itself cost nothing
             requests = cost = 0
             for method, (_, reason) in zip(record.methods, record.call_results, strict=False):
                 if reason is None:
+                    charged = units.charged(chain, method, record.cache_hit)
                     requests += 1
-                    cost += units.charged(record.chain, method, record.cache_hit)
+                    cost += charged
+                    # Each call under its own kind: a batch weighs what its calls do one by one.
+                    self._add(org, chain, method, 1, charged)
         counts = self._usage.get(org)
         if counts is None:
             counts = self._usage[org] = [0, 0]
         counts[0] += requests
         counts[1] += cost
+
+    def _add(self, org: str, chain: str, method: str, requests: int, cost: int) -> None:
+        """Count usage under its (chain, method kind), what prices' multipliers weigh."""
         split = self._split.get(org)
         if split is None:
             split = self._split[org] = {}
-        key = (record.chain, _kind(record.methods[0] if record.methods else ""))
+        key = (chain, _kind(method))
         part = split.get(key)
         if part is None:
             part = split[key] = [0, 0]

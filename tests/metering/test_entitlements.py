@@ -111,3 +111,33 @@ def test_spending_cap_of_a_metered_plan() -> None:
     assert spent == Money.of("0.55", "USD")
     assert entitlements.over_cap("o", capped) == (spent, Money.of("0.20", "USD"))
     assert entitlements.over_cap("o", plan(price=price)) is None  # no cap, no refusal
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        ("eth_call", "eth_call", "debug_traceTransaction"),
+        ("debug_traceTransaction", "eth_call", "eth_call"),
+    ],
+)
+def test_a_batch_weighs_each_call_by_its_own_kind(methods: tuple[str, ...]) -> None:
+    # Whatever its order, a batch costs what the same calls cost one by one.
+    clock = Clock(NOV)
+    price = {
+        "type": "METERED", "currency": "USD", "per": 1000,
+        "tiers": [{"unit_price": "1.00"}], "multipliers": {"trace": 3},
+    }  # fmt: skip
+    capped = plan(price=price, spending_cap="100")
+    batched, single = counters(clock), counters(clock)
+    batched.emit(
+        call_record(
+            "b", ts=NOV, org_id="o", method="batch", calls=3, methods=methods,
+            call_results=((0, None), (0, None), (0, None)),
+        )
+    )  # fmt: skip
+    for n, method in enumerate(methods):
+        single.emit(call_record(str(n), ts=NOV, org_id="o", method=method))
+    for meter in ("requests", "compute_units"):
+        assert sorted(batched.usage_rows("o", meter)) == sorted(single.usage_rows("o", meter))
+    # 2 x 26 plain + 309 x 3 trace = 979 units at 1.00 per 1000
+    assert Entitlements(batched).spent("o", capped) == Money.of("0.98", "USD")
