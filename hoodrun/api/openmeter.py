@@ -241,7 +241,8 @@ def _filter_object(text: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         try:
             value = ast.literal_eval(text)  # literals only: never evaluates code
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            # TypeError: a literal that cannot be built, like a dict with a list for a key
             value = None
     if not isinstance(value, dict):
         raise Problem(

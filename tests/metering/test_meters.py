@@ -703,6 +703,13 @@ async def test_api_subjects(meters: MeterService) -> None:
             400,
             "filterGroupBy: use",
         ),
+        (
+            "GET",
+            "/api/v1/meters/tokens/query",
+            {"filterGroupBy": "{['region']: 'us'}"},  # a literal, but no dict (unhashable key)
+            400,
+            "filterGroupBy: use",
+        ),
         ("GET", "/api/v1/meters/tokens/query", {"filterCustomerId": "c1"}, 400, "no customers"),
         ("GET", "/api/v1/meters/nope/query", {}, 404, "no meter 'nope'"),
         ("GET", "/api/v1/meters/nope/subjects", {}, 404, "no meter 'nope'"),
