@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from hoodrun.api.app import ACTOR, ApiError, _bearer
 from hoodrun.api.models import ErrorOut
@@ -37,6 +37,9 @@ from hoodrun.metering.store import (
 __all__ = ["accounts_router"]
 
 Org = Annotated[str, Path(description="The org id (org_...).")]
+# What the database's amount columns hold (NUMERIC(20, 6)): more is a malformed body (422),
+# not a failed statement.
+Amount = Annotated[Decimal, Field(max_digits=20, decimal_places=6)]
 
 
 class _Body(BaseModel):
@@ -47,17 +50,17 @@ class ContractRequest(_Body):
     plan: str
     currency: str | None = Field(default=None, description="Default: the plan price's.")
     country: str | None = Field(default=None, description="ISO 3166 alpha-2, for taxes.")
-    tax_id: str | None = None
+    tax_id: str | None = Field(default=None, max_length=64)
     business: bool = False
-    discount_percent: Decimal = Decimal(0)
-    minimum_override: Decimal | None = None
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
+    discount_percent: Amount = Decimal(0)
+    minimum_override: Amount | None = None
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
 
 
 class PlanChangeRequest(_Body):
     plan: str
-    change_at: datetime | None = Field(default=None, description="Default: now.")
+    change_at: AwareDatetime | None = Field(default=None, description="Default: now.")
 
 
 class ContractOut(BaseModel):
@@ -81,9 +84,9 @@ class ContractsOut(BaseModel):
 
 class GrantRequest(_Body):
     kind: Literal["prepaid", "promotional"]
-    amount: Decimal = Field(gt=0)
+    amount: Amount = Field(gt=0)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
     note: str = Field(default="", max_length=500)
 
 

@@ -87,3 +87,33 @@ async def test_credits_and_their_balance(setup: Any) -> None:
     )
     assert nobody.status_code == 404
     assert (await http.get(f"{base}/credits")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("contract", {"plan": "free", "starts_at": "2026-01-01T00:00:00"}, "starts_at"),
+        ("contract", {"plan": "free", "ends_at": "2099-01-01T00:00:00"}, "ends_at"),
+        ("contract", {"plan": "free", "discount_percent": "1.0000001"}, "discount_percent"),
+        ("contract", {"plan": "free", "minimum_override": "0.0000001"}, "minimum_override"),
+        ("contract", {"plan": "free", "minimum_override": "1e15"}, "minimum_override"),
+        ("contract", {"plan": "free", "tax_id": "X" * 65}, "tax_id"),
+        ("contract/plan", {"plan": "pro", "change_at": "2099-01-01T00:00:00"}, "change_at"),
+        ("credits", {"kind": "prepaid", "amount": "1e15", "currency": "USD"}, "amount"),
+    ],
+)
+async def test_times_without_an_offset_and_amounts_the_database_cannot_hold_are_refused(
+    setup: Any, path: str, body: dict[str, Any], field: str
+) -> None:
+    # Refused as the request's fault (naming the field), on SQLite and PostgreSQL alike.
+    http, keys = setup
+    created = await keys.create(org="acme", project="web", actor="test")
+    base = f"/admin/v1/orgs/{created.record.org_id}"
+    made = await http.post(f"{base}/contract", json={"plan": "free"}, headers=AUTH)
+    assert made.status_code == 201, made.text
+    refused = await http.post(f"{base}/{path}", json=body, headers=AUTH)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_request" and f"body.{field}" in error["message"]
+    history = (await http.get(f"{base}/contracts", headers=AUTH)).json()["contracts"]
+    assert [c["plan"] for c in history] == ["free"]
