@@ -118,6 +118,8 @@ async def test_most_severe_first(client: httpx.AsyncClient) -> None:
         (lambda b: b["alerts"][0].pop("fingerprint"), "fingerprint"),
         (lambda b: b["alerts"][0].update(status="burning"), "status"),
         (lambda b: b["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+        (lambda b: b["alerts"][0].update(startsAt="2026-11-22T01:18:35"), "startsAt"),  # no offset
+        (lambda b: b["alerts"][0].update(endsAt="2026-11-22T02:00:00"), "endsAt"),
         (lambda b: b.pop("alerts"), "alerts"),
     ],
 )
