@@ -3,8 +3,9 @@
 ``diff(old, new)`` compares two validated configs setting by setting. Lists of named things
 (chains, upstreams, plans) are matched by name, so reordering them is no change and a renamed
 upstream is one removed and one added. Secrets are never printed: the admin token shows as
-``<hidden>``, passwords in URLs as ``***``, and so do query strings and long token-like path
-segments of upstream URLs (providers put API keys there).
+``<hidden>``, passwords in URLs as ``***``, and so do a URL's user when it has no password (NATS
+takes a token there), query strings and long token-like path segments (providers put API keys
+there), in every URL of the config.
 
 ``reloadable(running, new)`` is the running config with only what a SIGHUP may change taken from
 ``new``: chains (with their upstreams), plans, the default plan, health checks and keyless public
@@ -25,6 +26,7 @@ __all__ = ["RELOADABLE", "Change", "diff", "reloadable"]
 RELOADABLE = ("chains", "plans", "default_plan", "health", "public")
 _SECRET_KEYS = frozenset({"admin_token"})
 _TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{20,}$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,8 @@ def _mask(key: str, value: Any) -> Any:
         }
     if isinstance(value, list):
         return [_mask(key, item) for item in value]
-    if isinstance(value, str) and (key == "url" or key.endswith("_url")) and "://" in value:
+    # Every URL, whatever its key: credentials also sit in tracing.otlp_endpoint, say.
+    if isinstance(value, str) and _URL.match(value):
         return _mask_url(value)
     return value
 
@@ -135,6 +138,8 @@ def _mask_url(url: str) -> str:
         masked = masked.split("?", 1)[0] + "?***"
     if parts.password:
         masked = masked.replace(f":{parts.password}@", ":***@", 1)
+    elif parts.username and parts.password is None:  # a user alone is a token (nats://TOKEN@)
+        masked = masked.replace(f"//{parts.username}@", "//***@", 1)
     for segment in parts.path.split("/"):
         if _TOKENISH.match(segment):
             masked = masked.replace(f"/{segment}", "/***")

@@ -97,6 +97,20 @@ def test_secrets_never_show() -> None:
         assert secret not in text
 
 
+def test_a_token_as_a_urls_user_and_credentials_in_any_url_never_show() -> None:
+    # NATS takes a token as the URL's user (nats://TOKEN@host); an OTLP endpoint is a URL too.
+    token = "s3cr3t-nats-token"
+    data = settings(
+        nats_url=f"nats://{token}@nats:4222",
+        tracing={"otlp_endpoint": "https://otel:otlppass@otlp.example/v1/traces?api_key=otlpkey"},
+    )
+    text = "\n".join(str(c) for c in diff(config(), Config.model_validate(data)))
+    assert "nats_url: null -> nats://***@nats:4222" in text
+    assert "https://otel:***@otlp.example/v1/traces?***" in text
+    for secret in (token, "otlppass", "otlpkey"):
+        assert secret not in text
+
+
 def test_reloadable_takes_only_what_a_reload_may_change() -> None:
     running = config()
     data = settings(listen="0.0.0.0:9000", default_plan="pro")
