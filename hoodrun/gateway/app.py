@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -619,28 +620,30 @@ class Gateway:
                     -32600, "Invalid Request", call.id, {"reason": "invalid_request"}
                 )
             elif not self.policy.permits(record, plan, method):
-                if not call.notification:
-                    answers[index] = error_object(
+                answers[index] = _reply(
+                    call,
+                    error_object(
                         -32004,
                         f"Method {method} is not allowed on plan {plan.name!r}",
                         call.id,
                         {"reason": "method_not_allowed"},
-                    )
+                    ),
+                )
             elif method == _WRITE_METHOD:
                 writes.append((index, call))
             elif method in _SUBSCRIPTION_METHODS:
-                if not call.notification:
-                    answers[index] = NeedsWebSocket(
+                answers[index] = _reply(
+                    call,
+                    NeedsWebSocket(
                         f"{method} must be sent alone over a WebSocket, not in a batch"
-                    ).to_object(call.id)
+                    ).to_object(call.id),
+                )
             elif method == "eth_getLogs" and (refused := self.reads.batch_logs(chain, plan, call)):
-                if not call.notification:
-                    answers[index] = refused.to_object(call.id)
+                answers[index] = _reply(call, refused.to_object(call.id))
             elif (need := need_of(chain, method, call)) is not None and (
                 refusal := capability_refusal(plan, method, need)
             ):
-                if not call.notification:
-                    answers[index] = refusal.to_object(call.id)
+                answers[index] = _reply(call, refusal.to_object(call.id))
             else:
                 if need is not None:
                     needs.add(need)
@@ -658,8 +661,8 @@ class Gateway:
             jobs.append(self._batch_write(chain, index, call, answers, trace))
         if jobs:
             await asyncio.gather(*jobs)
-        out = [a for a in answers if a is not None]
-        results = tuple(_call_result(a) for a in answers)
+        out = [a for a in answers if a is not None and not isinstance(a, _Unsent)]
+        results = tuple(_call_result(a.answer if isinstance(a, _Unsent) else a) for a in answers)
         trace.call_results = results
         trace.rpc_errors = sum(1 for code, _ in results if code)
         return orjson.dumps(out) if out else b""
@@ -702,8 +705,7 @@ class Gateway:
             if not isolate:
                 raise
             for index, call in reads:
-                if not call.notification:
-                    answers[index] = error.to_object(call.id)
+                answers[index] = _reply(call, error.to_object(call.id))
             return
         parsed = loads(body)
         if isinstance(parsed, list):
@@ -746,8 +748,7 @@ class Gateway:
         try:
             _, body = await self._call_upstream(chain, payload, trace, _raw_tx(call))
         except GatewayError as error:
-            if not call.notification:
-                answers[index] = error.to_object(call.id)
+            answers[index] = _reply(call, error.to_object(call.id))
             return
         parsed = loads(body)
         if not call.notification:
@@ -909,6 +910,19 @@ def _request_ids() -> Callable[[], str]:
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):010x}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsent:
+    """A notification's refusal or failure in a batch: not sent (a notification gets no
+    answer), but recorded, so that the call is not billed as answered."""
+
+    answer: Any
+
+
+def _reply(call: Call, answer: Any) -> Any:
+    """``answer`` as a batch entry: held back (``_Unsent``) for a notification."""
+    return _Unsent(answer) if call.notification else answer
 
 
 def _call_result(answer: Any) -> tuple[int, str | None]:

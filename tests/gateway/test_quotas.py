@@ -20,6 +20,13 @@ PLANS = [
     {"name": "units", "rate": {"rps": 1000, "burst": 1000}, "quotas": {"compute_units": 30}},
     {"name": "big", "rate": {"rps": 1000, "burst": 1000}, "quotas": {"requests": 1000}},
     {
+        "name": "no-trace",
+        "rate": {"rps": 1000, "burst": 1000},
+        "trace": False,
+        "methods": {"deny": ["eth_getBalance"]},
+        "quotas": {"requests": 5},
+    },
+    {
         "name": "capped",
         "rate": {"rps": 1000, "burst": 1000},
         "price": {"type": "METERED", "currency": "USD", "per": 10, "tiers": [{"unit_price": "1"}]},
@@ -118,6 +125,29 @@ def test_an_org_plan_change_lifts_the_quota_of_its_keys(
     _eventually_refused(client, url)
     gw.run(gw.runtime.keys.change_org_plan(created.record.org_id, "big", actor="test"))
     assert _eventually_ok(client, url).status_code == 200
+
+
+def test_notifications_a_batch_refuses_are_not_counted(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Any, client: httpx.Client
+) -> None:
+    # Refused calls are not billable, answered or not: a notification gets no answer, and a
+    # refused one must not count either.
+    gw: ThreadedGateway = gateway_factory(
+        _config(make_config(sqlite_url, {"eth": (1, [eth_anvil])}))
+    )
+    url = gw.endpoint(gw.key(plan="no-trace").key)
+    trace = {"jsonrpc": "2.0", "method": "debug_traceTransaction", "params": ["0x" + "00" * 32]}
+    denied = {"jsonrpc": "2.0", "method": "eth_getBalance", "params": ["0x" + "00" * 20]}
+    subscribe = {"jsonrpc": "2.0", "method": "eth_subscribe", "params": ["newHeads"]}
+    batch = client.post(
+        url, content=orjson.dumps([trace, denied, subscribe, trace, rpc("eth_blockNumber", id=1)])
+    )
+    assert batch.status_code == 200
+    assert [answer["id"] for answer in batch.json()] == [1]  # notifications get no answer
+    for _ in range(4):  # 1 was used: 4 more make 5
+        assert call(client, url).status_code == 200
+    refused = call(client, url)
+    assert refused.status_code == 429 and "5 were used" in refused.json()["error"]["message"]
 
 
 def test_the_month_so_far_survives_a_restart(
