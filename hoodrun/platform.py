@@ -118,6 +118,7 @@ async def run_platform(
         await store.sync_plans(config.plans)
         events = await open_key_events(config, stack)
         keys = KeyService(store, config, events)
+        contracts = ContractBook(store, config)  # its config follows a reload, as keys' does
         gateway_url = api_url = ""
         gateway_port = 0
         telemetry: Telemetry | None = None
@@ -156,7 +157,7 @@ async def run_platform(
                     if reports is not None
                     else None
                 ),
-                accounts=(ContractBook(store, config), CreditBook(store)),
+                accounts=(contracts, CreditBook(store)),
                 entitlements=OrgEntitlements(
                     lambda name: (
                         keys.config.plan(name or keys.config.default_plan) or keys.config.plans[0]
@@ -191,7 +192,7 @@ async def run_platform(
                 task.result()  # raises the bind error
             api_url = f"http://{host}:{port}"
         if reload is not None and runtime is not None:
-            _reload_on_sighup(runtime, keys, reload, stack)
+            _reload_on_sighup(runtime, keys, contracts, reload, stack)
         info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
         if demo:
             plan = "pro" if config.plan("pro") else config.default_plan
@@ -213,7 +214,11 @@ def _plan_named(config: Config, name: str | None) -> PlanConfig:
 
 
 def _reload_on_sighup(
-    runtime: GatewayRuntime, keys: KeyService, read: Callable[[], Config], stack: AsyncExitStack
+    runtime: GatewayRuntime,
+    keys: KeyService,
+    contracts: ContractBook,
+    read: Callable[[], Config],
+    stack: AsyncExitStack,
 ) -> None:
     """SIGHUP: read the config again and hand it to the gateway (one reload at a time)."""
     loop = asyncio.get_running_loop()
@@ -232,7 +237,8 @@ def _reload_on_sighup(
             except Exception:
                 log.exception("reload failed")
                 return
-            keys.config = runtime.config
+            # The admin API's keys and contracts check plans against the reloaded config.
+            keys.config = contracts.config = runtime.config
             chains = ", ".join(chain.name for chain in runtime.config.chains)
             log.info("config reloaded: chains %s; %d plans", chains, len(runtime.config.plans))
             for change in restart:

@@ -243,3 +243,59 @@ def _answers(client: httpx.Client, url: str) -> bool:
         return client.get(url).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_sighup_plans_reach_the_admin_apis_contracts(
+    tmp_path: Path, anvil_factory: Any, client: httpx.Client
+) -> None:
+    # ``hoodrun up``: a plan the reload added can be contracted on the admin API at once, and a
+    # plan it removed no longer can (as keys take and refuse them).
+    eth = anvil_factory(chain_id=1)
+    port, api_port = free_port(), free_port()
+    path = tmp_path / "hoodrun.yaml"
+    plans = [{"name": "free", "rate": {"rps": 10}}, {"name": "old", "rate": {"rps": 10}}]
+    settings: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "api_listen": f"127.0.0.1:{api_port}",
+        "data_dir": str(tmp_path),
+        "database_url": f"sqlite:///{tmp_path}/hoodrun.db",
+        "log_format": "text",
+        "telemetry": {"enabled": False},
+        "default_plan": "free",
+        "plans": plans,
+        "chains": [{"name": "eth", "chain_id": 1, "upstreams": [{"name": "a", "url": eth.url}]}],
+    }
+    path.write_text(yaml.safe_dump(settings))
+    token = "reload-admin-token"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOODRUN_")}
+    env["HOODRUN_ADMIN_TOKEN"] = token
+    hoodrun = [sys.executable, "-m", "hoodrun", "-c", str(path)]
+    subprocess.run([*hoodrun, "db", "upgrade"], env=env, check=True, capture_output=True)
+    made = subprocess.run(
+        [*hoodrun, "keys", "create", "--org", "acme", "--project", "web", "--json"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    org = orjson.loads(made.stdout)["org_id"]
+    proc = subprocess.Popen(
+        [*hoodrun, "up", "--no-demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(proc.stdout or ()), daemon=True).start()
+    api = f"http://127.0.0.1:{api_port}/admin/v1/orgs/{org}"
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        wait_until(lambda: _answers(client, f"http://127.0.0.1:{api_port}/health/ready"), 30)
+        settings["plans"] = [plans[0], {"name": "gold", "rate": {"rps": 100}}]
+        path.write_text(yaml.safe_dump(settings))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("config reloaded" in line for line in log), 30)
+        gold = client.post(f"{api}/contract", json={"plan": "gold"}, headers=auth)
+        assert gold.status_code == 201, gold.text
+        old = client.post(f"{api}/contract/plan", json={"plan": "old"}, headers=auth)
+        assert old.status_code == 400 and "'old'" in old.text
+        history = client.get(f"{api}/contracts", headers=auth).json()["contracts"]
+        assert [c["plan"] for c in history] == ["gold"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
