@@ -159,9 +159,7 @@ async def run_platform(
                 ),
                 accounts=(contracts, CreditBook(store)),
                 entitlements=OrgEntitlements(
-                    lambda name: (
-                        keys.config.plan(name or keys.config.default_plan) or keys.config.plans[0]
-                    ),
+                    lambda name: _plan_named(keys.config, name),  # as the gateway's Policy
                     keys.org_plan,
                     counters=runtime.usage if runtime is not None else None,
                     analytics=reports.store if reports is not None and runtime is None else None,

@@ -3,8 +3,10 @@ with the gateway's month-to-date counters in memory."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,11 +14,13 @@ import pytest
 
 from hoodrun.api.app import create_api_app
 from hoodrun.config import Config
+from hoodrun.devnet import free_port
 from hoodrun.keys.service import KeyService
 from hoodrun.metering.entitlements import OrgEntitlements, UsageCounters
 from hoodrun.platform import _plan_named
-from hoodrun.store import Store
+from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.units import ComputeUnits
+from tests._platform import PlatformThread
 from tests.telemetry.support import call_record
 
 TOKEN = "test-admin-token"
@@ -97,3 +101,40 @@ async def test_errors(setup: Any) -> None:
         headers=AUTH,
     )
     assert extra.status_code == 422
+
+
+def test_the_platform_answers_with_the_plan_the_gateway_applies(tmp_path: Path) -> None:
+    # An org whose plan left the config gets the default plan at the gateway (Policy.plan_of);
+    # the check-access API of a running platform must say the same.
+    settings: dict[str, Any] = {
+        "api_listen": f"127.0.0.1:{free_port()}",
+        "data_dir": str(tmp_path),
+        "database_url": f"sqlite:///{tmp_path}/hoodrun.db",
+        "admin_token": TOKEN,
+        "telemetry": {"enabled": False},
+        "default_plan": "free",
+        "plans": [
+            {"name": "pro", "rate": {"rps": 100}, "quotas": {"compute_units": 1000}},
+            {"name": "free", "rate": {"rps": 10}, "quotas": {"requests": 100}},
+            {"name": "gold", "rate": {"rps": 1000}},
+        ],
+    }
+    before = Config.model_validate(settings)
+
+    async def org_on_gold() -> str:
+        await upgrade(before.database_url)
+        async with Store(before.database_url) as store:
+            await store.sync_plans(before.plans)
+            keys = KeyService(store, before)
+            org = (await keys.create(org="acme", project="web", actor="test")).record.org_id
+            await keys.change_org_plan(org, "gold", actor="test")
+            return org
+
+    org = asyncio.run(org_on_gold())
+    after = Config.model_validate({**settings, "plans": settings["plans"][:2]})
+    with PlatformThread(after, gateway=False, demo=False) as running:
+        answer = httpx.get(f"{running.api_url}/api/v1/entitlements/{org}", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["plan"] == "free"
+    found = {e["name"]: e for e in answer.json()["entitlements"]}
+    assert found["requests"]["limit"] == 100
