@@ -35,6 +35,7 @@ __all__ = [
     "BodyTooLarge",
     "Forbidden",
     "GatewayError",
+    "InvalidParams",
     "InvalidRequest",
     "LimitExceeded",
     "MethodNotAllowed",
@@ -98,6 +99,12 @@ class InvalidRequest(GatewayError):
     """Invalid Request: expected a JSON-RPC 2.0 call object or a non-empty array of them."""
 
     status, code, default_reason = 400, -32600, "invalid_request"
+
+
+class InvalidParams(GatewayError):
+    """Invalid params: the call's params are not what the method takes."""
+
+    status, code, default_reason = 400, -32602, "invalid_params"
 
 
 class BatchTooLarge(InvalidRequest):

@@ -39,8 +39,11 @@ from hoodrun.gateway.cache import quantity
 from hoodrun.gateway.errors import (
     Forbidden,
     GatewayError,
+    InvalidParams,
     InvalidRequest,
+    LimitExceeded,
     RateLimited,
+    Unavailable,
     error_object,
 )
 from hoodrun.gateway.http import Request, Response
@@ -220,24 +223,26 @@ class WsSession:
     # --- subscriptions -----------------------------------------------------------------------
 
     async def subscribe(self, call: Call) -> Response:
+        """Refusals are raised as the gateway's errors, so their records carry the reason and
+        they are not billed."""
         params = call.obj.get("params")
         if not isinstance(params, list) or not params or params[0] not in KINDS:
-            return _error(call, -32602, "Invalid params: subscribe to " + ", ".join(sorted(KINDS)))
+            raise InvalidParams("Invalid params: subscribe to " + ", ".join(sorted(KINDS)))
         limit = self.gateway.config.ws.max_subscriptions
         if len(self.subs) >= limit:
-            return _error(
-                call, -32005, f"Limit exceeded: at most {limit} subscriptions per connection",
-                "subscriptions_exceeded",
-            )  # fmt: skip
+            raise LimitExceeded(
+                f"Limit exceeded: at most {limit} subscriptions per connection",
+                reason="subscriptions_exceeded",
+            )
         client_id = "0x" + secrets.token_hex(16)
         try:
             topic = await self.gateway.sockets.hub(self.chain).subscribe(self, client_id, params)
         except Exception as exc:  # noqa: BLE001 (an upstream failure of any kind)
             log.warning("chain %s: subscription failed: %s", self.chain.name, exc)
-            return _error(
-                call, -32002, f"Service unavailable: no node of chain {self.chain.name!r} took "
-                "the subscription; retry shortly", "no_healthy_upstream", status=503,
-            )  # fmt: skip
+            raise Unavailable(
+                f"Service unavailable: no node of chain {self.chain.name!r} took the "
+                "subscription; retry shortly"
+            ) from None
         self.subs[client_id] = topic
         return _result(call, client_id)
 
@@ -478,13 +483,6 @@ async def _drop(upstream: _Upstream) -> None:
 
 def _result(call: Call, result: Any) -> Response:
     return Response(200, orjson.dumps({"jsonrpc": "2.0", "id": call.id, "result": result}))
-
-
-def _error(
-    call: Call, code: int, message: str, reason: str | None = None, status: int = 200
-) -> Response:
-    data = {"reason": reason} if reason else None
-    return Response(status, orjson.dumps(error_object(code, message, call.id, data)))
 
 
 class WebSockets:

@@ -276,3 +276,29 @@ def test_idle_sockets_are_closed_and_pending_transactions_stream(
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
 
     asyncio.run(scenario())
+
+
+def test_refused_subscriptions_carry_their_reason_and_are_not_billed(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil
+) -> None:
+    config = make_config(sqlite_url, {"eth": (1, [eth_anvil])})
+    config = config.model_copy(update={"ws": config.ws.model_copy(update={"max_subscriptions": 1})})
+    sink = ListSink()
+    gw: ThreadedGateway = gateway_factory(config, (sink,))
+    key = gw.key(plan="pro").key
+
+    async def scenario() -> list[dict[str, Any]]:
+        answers = []
+        async with connect(_ws(gw, key)) as socket:
+            for params in (["noSuchKind"], ["newHeads"], ["newHeads"]):
+                await socket.send(orjson.dumps(rpc("eth_subscribe", params)))
+                answers.append(orjson.loads(await socket.recv()))
+        return answers
+
+    bad, ok, over = asyncio.run(scenario())
+    assert bad["error"]["code"] == -32602 and bad["error"]["data"]["reason"] == "invalid_params"
+    assert ok["result"].startswith("0x")
+    assert over["error"]["code"] == -32005
+    assert over["error"]["data"]["reason"] == "subscriptions_exceeded"
+    subscribes = [r for r in sink.records if r.method == "eth_subscribe"]
+    assert [r.reason for r in subscribes] == ["invalid_params", None, "subscriptions_exceeded"]
