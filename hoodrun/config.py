@@ -334,6 +334,12 @@ class ComputeUnitsConfig(_Model):
     cache_hit_percent: int = Field(
         default=100, ge=0, le=100, description="What a cache hit costs, in % of its units."
     )
+    notification_bytes_per_unit: int | None = Field(
+        default=25,
+        ge=1,
+        description="A WebSocket notification costs a unit per this many bytes (rounded up); "
+        "none: the table's eth_subscription value.",
+    )
 
 
 # The seed's rate tiers, used when a config declares no plans of its own.

@@ -31,7 +31,7 @@ from hoodrun.metering.rating import ContractTerms, rate_period, weigh
 from hoodrun.telemetry.schema import BILLABLE_SINCE
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.store import AnalyticsStore
-from hoodrun.telemetry.units import ComputeUnits
+from hoodrun.telemetry.units import NOTIFICATION, ComputeUnits
 
 __all__ = [
     "FEATURES",
@@ -110,8 +110,13 @@ class UsageCounters:
         if record.call_results is None:
             if record.reason is not None or record.status >= 500 or not record.calls:
                 return  # refused by the gateway, or no node answered
-            requests = record.calls
-            cost = sum(units.charged(chain, method, record.cache_hit) for method in record.methods)
+            if record.method == NOTIFICATION:  # not a call: its bytes, no request
+                requests, cost = 0, units.notification(chain, record.bytes_out)
+            else:
+                requests = record.calls
+                cost = sum(
+                    units.charged(chain, method, record.cache_hit) for method in record.methods
+                )
             self._add(org, chain, record.methods[0] if record.methods else "", requests, cost)
         else:  # a batch: the calls the gateway answered itself cost nothing
             requests = cost = 0

@@ -267,8 +267,12 @@ def _builtin_meter(slug: str) -> _Meter:
         order="(ts, request_id, call_index)",
         subject="org_id",
         # Billable calls only, as quotas and invoices count them (compute units of the others
-        # are 0 already).
-        where="outcome IN ('ok', 'rpc_error')",
+        # are 0 already); WebSocket notifications are not calls, but their bytes cost units.
+        where=(
+            "outcome IN ('ok', 'rpc_error') AND method != 'eth_subscription'"
+            if counts
+            else "outcome IN ('ok', 'rpc_error')"
+        ),
         params={},
         groups={name: f"toString({name})" for name in _BUILTIN_GROUPS},
         value=None if counts else "toFloat64(compute_units)",

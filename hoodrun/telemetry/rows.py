@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hoodrun.telemetry.sink import RequestRecord
-from hoodrun.telemetry.units import ComputeUnits
+from hoodrun.telemetry.units import NOTIFICATION, ComputeUnits
 
 __all__ = ["FLAT_FIELDS", "SCHEMA", "ColumnBuffer", "RowBuilder", "flatten"]
 
@@ -298,6 +298,10 @@ class RowBuilder:
             hits = pc.equal(cache_hit, 1)
             cheaper = pc.floor(pc.divide(pc.add(pc.multiply(units, percent), 50), 100))
             units = pc.if_else(hits, pc.cast(cheaper, pa.int64()), units)
+        per = self.units.notification_bytes_per_unit
+        if per is not None:  # notifications cost their bytes
+            by_size = pc.cast(pc.ceil(pc.divide(pc.cast(bytes_out, pa.float64()), per)), pa.int64())
+            units = pc.if_else(pc.equal(method, NOTIFICATION), by_size, units)
         columns = {
             "ts": pc.floor(pc.multiply(ts, 1000.0)).cast(pa.int64()).cast(SCHEMA.field("ts").type),
             "request_id": request_id,

@@ -104,9 +104,10 @@ GROUP BY day, org_id, project_id, key_id, chain, method, outcome, error_code
 """
 
 # Billable usage per org since ``start`` (the month so far, for quotas): calls answered by a
-# node or the cache (outcome ok or rpc_error) and their compute units.
+# node or the cache (outcome ok or rpc_error; WebSocket notifications are not calls) and their
+# compute units (notifications' included).
 BILLABLE_SINCE = """
-SELECT org_id, countIf(outcome IN ('ok', 'rpc_error')) AS requests,
+SELECT org_id, countIf(outcome IN ('ok', 'rpc_error') AND method != 'eth_subscription') AS requests,
     sum(compute_units) AS compute_units
 FROM {db}.requests_raw FINAL
 WHERE ts >= fromUnixTimestamp64Milli({start:Int64}) AND org_id != ''
@@ -116,7 +117,7 @@ GROUP BY org_id
 # One org's billable usage per hour since ``start`` (the forecast's history), from the rollups.
 BILLABLE_HOURLY = """
 SELECT toUnixTimestamp(hour) AS hour,
-    sumIf(requests, outcome IN ('ok', 'rpc_error')) AS requests,
+    sumIf(requests, outcome IN ('ok', 'rpc_error') AND method != 'eth_subscription') AS requests,
     sum(compute_units) AS compute_units
 FROM {db}.usage_hourly FINAL
 WHERE org_id = {org:String} AND hour >= toDateTime({start:Int64}, 'UTC')

@@ -34,7 +34,9 @@ log = logging.getLogger("hoodrun.telemetry")
 
 def compute_units(config: Config) -> ComputeUnits:
     cu = config.compute_units
-    return ComputeUnits(cu.default, cu.methods, cu.chains, cu.cache_hit_percent)
+    return ComputeUnits(
+        cu.default, cu.methods, cu.chains, cu.cache_hit_percent, cu.notification_bytes_per_unit
+    )
 
 
 def row_builder(config: Config) -> RowBuilder:

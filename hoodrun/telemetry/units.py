@@ -5,14 +5,19 @@ eth_blockNumber 10, eth_call 26, eth_getLogs 75, eth_sendRawTransaction 250,
 debug_traceTransaction 309, ...). The config can change any entry, per chain too; a method that is
 in no table costs ``compute_units.default``. Calls the gateway refused or could not serve cost
 nothing; a call answered from the response cache costs ``compute_units.cache_hit_percent`` of
-its units (100 by default: a cache hit is still the customer's call).
+its units (100 by default: a cache hit is still the customer's call). A WebSocket notification
+(a record of method ``eth_subscription``) costs a unit per ``notification_bytes_per_unit`` bytes,
+rounded up (25 by default: 0.04 units a byte, as the large providers charge); it is not a call,
+so it counts towards compute units, never towards requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["DEFAULT_COMPUTE_UNITS", "ComputeUnits", "discounted"]
+__all__ = ["DEFAULT_COMPUTE_UNITS", "NOTIFICATION", "ComputeUnits", "discounted"]
+
+NOTIFICATION = "eth_subscription"  # the method of a WebSocket notification's record
 
 DEFAULT_COMPUTE_UNITS: Mapping[str, int] = {
     # free of charge: identity and liveness
@@ -62,6 +67,7 @@ DEFAULT_COMPUTE_UNITS: Mapping[str, int] = {
     "eth_sendRawTransaction": 250,
     "eth_subscribe": 10,
     "eth_unsubscribe": 10,
+    "eth_subscription": 0,  # a notification, when not charged by its bytes
     # traces
     "debug_traceTransaction": 309,
     "debug_traceCall": 309,
@@ -85,9 +91,11 @@ class ComputeUnits:
         methods: Mapping[str, int] | None = None,
         chains: Mapping[str, Mapping[str, int]] | None = None,
         cache_hit_percent: int = 100,
+        notification_bytes_per_unit: int | None = None,
     ) -> None:
         self.default = default
         self.cache_hit_percent = cache_hit_percent
+        self.notification_bytes_per_unit = notification_bytes_per_unit
         self._methods = {**DEFAULT_COMPUTE_UNITS, **(methods or {})}
         self._chains = {
             chain: {**self._methods, **table} for chain, table in (chains or {}).items()
@@ -96,6 +104,13 @@ class ComputeUnits:
     def of(self, chain: str, method: str) -> int:
         table = self._chains.get(chain, self._methods)
         return table.get(method, self.default)
+
+    def notification(self, chain: str, size: int) -> int:
+        """The units a WebSocket notification of ``size`` bytes costs."""
+        per = self.notification_bytes_per_unit
+        if per is None:
+            return self.of(chain, NOTIFICATION)
+        return -(-size // per)
 
     def charged(self, chain: str, method: str, cache_hit: bool) -> int:
         """The units a call answered by a node (or by the cache) costs."""

@@ -141,3 +141,11 @@ def test_a_batch_weighs_each_call_by_its_own_kind(methods: tuple[str, ...]) -> N
         assert sorted(batched.usage_rows("o", meter)) == sorted(single.usage_rows("o", meter))
     # 2 x 26 plain + 309 x 3 trace = 979 units at 1.00 per 1000
     assert Entitlements(batched).spent("o", capped) == Money.of("0.98", "USD")
+
+
+def test_notifications_cost_units_not_requests() -> None:
+    clock = Clock(NOV)
+    usage = UsageCounters(ComputeUnits(notification_bytes_per_unit=25), clock)
+    usage.emit(call_record("n", ts=NOV, org_id="o", method="eth_subscription", bytes_out=260))
+    usage.emit(call_record("c", ts=NOV, org_id="o", method="eth_call"))
+    assert usage.used("o", "requests") == 1 and usage.used("o", "compute_units") == 11 + 26

@@ -75,3 +75,15 @@ def test_cache_hits_cost_their_percent_on_both_paths() -> None:
         buffer.add(record)
     for table in (builder.table_of_columns(buffer), builder.table([hit, miss])):
         assert [row["compute_units"] for row in _rows(table)] == [13, 26]
+
+
+def test_notifications_cost_their_bytes_on_both_paths() -> None:
+    note = call_record("n1", method="eth_subscription", bytes_out=101, upstream=None)
+    call = call_record("c1", method="eth_call", bytes_out=101)
+    for per, expected in ((25, [5, 26]), (None, [0, 26])):
+        builder = RowBuilder(ComputeUnits(notification_bytes_per_unit=per))
+        buffer = ColumnBuffer()
+        for record in (note, call):
+            buffer.add(record)
+        for table in (builder.table_of_columns(buffer), builder.table([note, call])):
+            assert [row["compute_units"] for row in _rows(table)] == expected
