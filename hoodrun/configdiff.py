@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from hoodrun.config import Config
+from pydantic import ValidationError
+
+from hoodrun.config import Config, ConfigError
 
 __all__ = ["RELOADABLE", "Change", "diff", "reloadable"]
 
@@ -68,7 +70,14 @@ def reloadable(running: Config, new: Config) -> tuple[Config, list[Change]]:
     fresh = new.model_dump()
     for section in RELOADABLE:
         data[section] = fresh[section]
-    merged = Config.model_validate(data)
+    try:
+        merged = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        raise ConfigError(
+            f"the reloadable part of the new config does not fit the running one ({problems}); "
+            "restart to apply it"
+        ) from None
     return merged, [change for change in diff(running, new) if not change.reloadable]
 
 

@@ -232,6 +232,9 @@ def _reload_on_sighup(
                 return
             try:
                 restart = await runtime.reload(config)
+            except ConfigError as exc:
+                log.error("reload refused, the running config stays: %s", exc)
+                return
             except Exception:
                 log.exception("reload failed")
                 return

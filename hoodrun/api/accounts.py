@@ -124,6 +124,18 @@ def accounts_router(
         responses=errors,
     )
 
+    async def apply(contract: Contract) -> None:
+        """The org's keys take the contract's plan when it is in force now. (One that starts
+        later is applied by whoever starts it then: the billing scheduler.)"""
+        if contract.in_force(keys.now()):
+            await keys.change_org_plan(contract.org_id, contract.plan, actor=ACTOR)
+
+    async def known(org: str) -> None:
+        try:
+            await keys.org_plan(org)
+        except LookupError as exc:
+            raise ApiError(404, "org_not_found", str(exc)) from None
+
     async def guarded(call: Any) -> Any:
         try:
             return await call
@@ -138,7 +150,7 @@ def accounts_router(
     async def create_contract(org: Org, body: ContractRequest) -> ContractOut:
         """Start a contract; the org's keys take its plan."""
         made = await guarded(contracts.create(org, **body.model_dump(), actor=ACTOR))
-        await keys.change_org_plan(org, made.plan, actor=ACTOR)
+        await apply(made)
         return _contract(made)
 
     @router.post("/contract/plan")
@@ -147,12 +159,13 @@ def accounts_router(
         made = await guarded(
             contracts.change_plan(org, body.plan, change_at=body.change_at, actor=ACTOR)
         )
-        await keys.change_org_plan(org, made.plan, actor=ACTOR)
+        await apply(made)
         return _contract(made)
 
     @router.get("/contracts")
     async def list_contracts(org: Org) -> ContractsOut:
         """The org's contracts, oldest first."""
+        await known(org)
         return ContractsOut(contracts=[_contract(c) for c in await contracts.history(org)])
 
     @router.post("/credits", status_code=status.HTTP_201_CREATED)
@@ -176,6 +189,7 @@ def accounts_router(
         currency: Annotated[str | None, Query(description="Only this currency.")] = None,
     ) -> CreditsOut:
         """The org's grants and what it can spend now."""
+        await known(org)
         grants = await credits.grants(org, currency=currency)
         balance: dict[str, Decimal] = {}
         for code in sorted({g.amount.currency for g in grants}):

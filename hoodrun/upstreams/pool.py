@@ -168,7 +168,8 @@ class ChainPool:
             raise ValueError(f"chain pool {self.name!r} cannot become {chain.name!r}")
         if self._state is not _RUNNING:
             raise RuntimeError(f"chain pool {self.name!r} is not running")
-        same_health = health == self._health
+        # Another chain id: every upstream is checked again, as at start.
+        same_health = health == self._health and chain.chain_id == self.chain.chain_id
         self._health = health
         current = {up.name: up for up in self.upstreams}
         kept: list[Upstream] = []
@@ -179,6 +180,7 @@ class ChainPool:
                 kept.append(current.pop(config.name))
             else:
                 added.append(self._upstream(config))
+        self.chain = chain  # the checks compare chain ids with the new config's
         await asyncio.gather(*(self._check(up, evaluate=False) for up in added))
         # A newcomer's latency so far is its health check's, a batch: slower than the calls
         # the others' figures come from, so it would never be chosen. It starts at the median
@@ -188,7 +190,6 @@ class ChainPool:
             for up in added:
                 up.ewma_latency = serving[len(serving) // 2]
         order = {config.name: i for i, config in enumerate(chain.upstreams)}
-        self.chain = chain
         self.upstreams = sorted(kept + added, key=lambda up: order[up.name])
         self._derive()
         self._evaluate()

@@ -117,3 +117,20 @@ async def test_times_without_an_offset_and_amounts_the_database_cannot_hold_are_
     assert error["code"] == "invalid_request" and f"body.{field}" in error["message"]
     history = (await http.get(f"{base}/contracts", headers=AUTH)).json()["contracts"]
     assert [c["plan"] for c in history] == ["free"]
+
+
+async def test_unknown_orgs_and_contracts_that_start_later(setup: Any) -> None:
+    http, keys = setup
+    for path in ("contracts", "credits"):
+        missing = await http.get(f"/admin/v1/orgs/org_nobody/{path}", headers=AUTH)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "org_not_found"
+    created = await keys.create(org="acme", project="web", actor="test")
+    org = created.record.org_id
+    later = await http.post(
+        f"/admin/v1/orgs/{org}/contract",
+        json={"plan": "pro", "starts_at": "2099-01-01T00:00:00Z"},
+        headers=AUTH,
+    )
+    assert later.status_code == 201
+    # Not in force yet: the org's keys keep the plan they have.
+    assert (await keys.get(created.id)).plan == "free"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from hoodrun.cli import app
-from hoodrun.config import Config, load_config
+from hoodrun.config import Config, ConfigError, load_config
 from hoodrun.configdiff import diff, reloadable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,3 +166,13 @@ def test_the_example_config_validates() -> None:
     )
     assert result.exit_code == 0, result.output
     assert load_config(ROOT / "hoodrun.example.yaml", env={}).chains
+
+
+def test_a_reload_that_needs_a_restart_is_refused_with_the_reason() -> None:
+    running = config()
+    data = settings(
+        meters=[{"slug": "tokens", "event_type": "t", "aggregation": "COUNT"}],
+    )
+    data["plans"][0]["quotas"] = {"tokens": 5}
+    with pytest.raises(ConfigError, match="restart to apply it"):
+        reloadable(running, Config.model_validate(data))

@@ -20,7 +20,7 @@ import orjson
 import yaml
 
 from hoodrun.config import Config
-from hoodrun.devnet import free_port
+from hoodrun.devnet import Anvil, free_port
 
 from .conftest import ThreadedGateway, make_config, rpc
 
@@ -176,6 +176,22 @@ def test_a_new_upstream_on_the_wrong_chain_stays_out(
     snapshot = {u["name"]: u for u in gw.runtime.gateway.chains["eth"].pool.snapshot()}  # type: ignore[union-attr]
     assert snapshot["eth-wrong"]["healthy"] is False
     assert "wrong chain id 5" in snapshot["eth-wrong"]["reason"]
+
+
+def test_a_new_chain_id_checks_every_upstream_again(
+    gateway_factory: Any, sqlite_url: str, eth_anvil: Anvil
+) -> None:
+    config = make_config(sqlite_url, {"eth": (1, [eth_anvil])})
+    gw: ThreadedGateway = gateway_factory(config)
+    upstreams = [{"name": "eth-0", "url": eth_anvil.url}]
+    assert gw.runtime is not None and gw.runtime.gateway is not None
+    gw.run(
+        gw.runtime.reload(
+            with_changes(config, chains=[{"name": "eth", "chain_id": 5, "upstreams": upstreams}])
+        )
+    )
+    (snapshot,) = gw.runtime.gateway.chains["eth"].pool.snapshot()
+    assert snapshot["healthy"] is False and "wrong chain id 1" in snapshot["reason"]
 
 
 def test_sighup_adds_an_upstream_without_a_failed_request(
