@@ -114,6 +114,7 @@ async def run_platform(
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     await upgrade(config.database_url)
     async with AsyncExitStack() as stack:
+        reloader = _Reloader(reload, stack) if reload is not None and gateway else None
         store = await stack.enter_async_context(Store(config.database_url))
         await store.sync_plans(config.plans)
         events = await open_key_events(config, stack)
@@ -189,8 +190,8 @@ async def run_platform(
             if task.done():
                 task.result()  # raises the bind error
             api_url = f"http://{host}:{port}"
-        if reload is not None and runtime is not None:
-            _reload_on_sighup(runtime, keys, contracts, reload, stack)
+        if reloader is not None and runtime is not None:
+            reloader.ready(runtime, keys, contracts)
         info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
         if demo:
             plan = "pro" if config.plan("pro") else config.default_plan
@@ -211,26 +212,46 @@ def _plan_named(config: Config, name: str | None) -> PlanConfig:
     return found or default or config.plans[0]
 
 
-def _reload_on_sighup(
-    runtime: GatewayRuntime,
-    keys: KeyService,
-    contracts: ContractBook,
-    read: Callable[[], Config],
-    stack: AsyncExitStack,
-) -> None:
-    """SIGHUP: read the config again and hand it to the gateway (one reload at a time)."""
-    loop = asyncio.get_running_loop()
-    lock = asyncio.Lock()
-    tasks: set[asyncio.Task[None]] = set()
+class _Reloader:
+    """SIGHUP: read the config again and hand it to the gateway (one reload at a time).
 
-    async def reload() -> None:
-        async with lock:
+    The handler is installed before any listener opens, so a SIGHUP sent as soon as the
+    platform answers is never the default action (which ends the process); one that arrives
+    while the platform is still starting is applied once the gateway runs."""
+
+    def __init__(self, read: Callable[[], Config], stack: AsyncExitStack) -> None:
+        self._read = read
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._target: tuple[GatewayRuntime, KeyService, ContractBook] | None = None
+        self._pending = False
+        try:
+            self._loop.add_signal_handler(signal.SIGHUP, self._signal)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests run it there)
+            return
+        stack.callback(self._loop.remove_signal_handler, signal.SIGHUP)
+
+    def ready(self, runtime: GatewayRuntime, keys: KeyService, contracts: ContractBook) -> None:
+        self._target = (runtime, keys, contracts)
+        if self._pending:
+            self._pending = False
+            self._signal()
+
+    def _signal(self) -> None:
+        if self._target is None:
+            self._pending = True  # applied by ready()
+            return
+        task = self._loop.create_task(self._reload(*self._target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(
+        self, runtime: GatewayRuntime, keys: KeyService, contracts: ContractBook
+    ) -> None:
+        async with self._lock:
             try:
-                config = read()
-            except ConfigError as exc:
-                log.error("reload refused, the running config stays: %s", exc)
-                return
-            try:
+                config = self._read()
                 restart = await runtime.reload(config)
             except ConfigError as exc:
                 log.error("reload refused, the running config stays: %s", exc)
@@ -244,17 +265,6 @@ def _reload_on_sighup(
             log.info("config reloaded: chains %s; %d plans", chains, len(runtime.config.plans))
             for change in restart:
                 log.warning("config change needs a restart (not applied): %s", change)
-
-    def on_signal() -> None:
-        task = loop.create_task(reload())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    try:
-        loop.add_signal_handler(signal.SIGHUP, on_signal)
-    except (NotImplementedError, RuntimeError):  # not the main thread (tests run it there)
-        return
-    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
 
 async def _open_reports(
