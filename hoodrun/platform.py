@@ -26,6 +26,7 @@ from hoodrun.config import (
     UpstreamConfig,
     parse_listen,
 )
+from hoodrun.configdiff import reloadable
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.keys.service import KeyService
@@ -114,7 +115,7 @@ async def run_platform(
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     await upgrade(config.database_url)
     async with AsyncExitStack() as stack:
-        reloader = _Reloader(reload, stack) if reload is not None and gateway else None
+        reloader = _Reloader(reload, stack) if reload is not None else None
         store = await stack.enter_async_context(Store(config.database_url))
         await store.sync_plans(config.plans)
         events = await open_key_events(config, stack)
@@ -190,7 +191,7 @@ async def run_platform(
             if task.done():
                 task.result()  # raises the bind error
             api_url = f"http://{host}:{port}"
-        if reloader is not None and runtime is not None:
+        if reloader is not None:
             reloader.ready(runtime, keys, contracts)
         info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
         if demo:
@@ -213,7 +214,8 @@ def _plan_named(config: Config, name: str | None) -> PlanConfig:
 
 
 class _Reloader:
-    """SIGHUP: read the config again and hand it to the gateway (one reload at a time).
+    """SIGHUP: read the config again and hand it to the gateway, and the plans to the admin API
+    (one reload at a time; the api role alone takes the plans).
 
     The handler is installed before any listener opens, so a SIGHUP sent as soon as the
     platform answers is never the default action (which ends the process); one that arrives
@@ -224,7 +226,7 @@ class _Reloader:
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._target: tuple[GatewayRuntime, KeyService, ContractBook] | None = None
+        self._target: tuple[GatewayRuntime | None, KeyService, ContractBook] | None = None
         self._pending = False
         try:
             self._loop.add_signal_handler(signal.SIGHUP, self._signal)
@@ -232,7 +234,9 @@ class _Reloader:
             return
         stack.callback(self._loop.remove_signal_handler, signal.SIGHUP)
 
-    def ready(self, runtime: GatewayRuntime, keys: KeyService, contracts: ContractBook) -> None:
+    def ready(
+        self, runtime: GatewayRuntime | None, keys: KeyService, contracts: ContractBook
+    ) -> None:
         self._target = (runtime, keys, contracts)
         if self._pending:
             self._pending = False
@@ -247,12 +251,17 @@ class _Reloader:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload(
-        self, runtime: GatewayRuntime, keys: KeyService, contracts: ContractBook
+        self, runtime: GatewayRuntime | None, keys: KeyService, contracts: ContractBook
     ) -> None:
         async with self._lock:
             try:
                 config = self._read()
-                restart = await runtime.reload(config)
+                if runtime is not None:
+                    restart = await runtime.reload(config)
+                    merged = runtime.config
+                else:  # the api role alone: its plans (the database mirrors them)
+                    merged, restart = reloadable(keys.config, config)
+                    await keys.store.sync_plans(merged.plans)
             except ConfigError as exc:
                 log.error("reload refused, the running config stays: %s", exc)
                 return
@@ -260,9 +269,9 @@ class _Reloader:
                 log.exception("reload failed")
                 return
             # The admin API's keys and contracts check plans against the reloaded config.
-            keys.config = contracts.config = runtime.config
-            chains = ", ".join(chain.name for chain in runtime.config.chains)
-            log.info("config reloaded: chains %s; %d plans", chains, len(runtime.config.plans))
+            keys.config = contracts.config = merged
+            chains = ", ".join(chain.name for chain in merged.chains)
+            log.info("config reloaded: chains %s; %d plans", chains, len(merged.plans))
             for change in restart:
                 log.warning("config change needs a restart (not applied): %s", change)
 

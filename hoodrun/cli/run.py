@@ -192,13 +192,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def api(ctx: typer.Context) -> None:
-        """Run the api role only (admin API)."""
-        from hoodrun.cli import config_of, fail
+        """Run the api role only (admin API). SIGHUP reloads the plans from the config file."""
+        from hoodrun.cli import config_of, fail, state_of
         from hoodrun.platform import run_platform
 
         config = config_of(ctx)
         _setup_logging(config.log_level, config.log_format)
         try:
-            _run(run_platform(config, gateway=False))
+            _run(run_platform(config, gateway=False, reload=state_of(ctx).read))
         except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
             fail(str(exc))

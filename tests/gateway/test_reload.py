@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import yaml
 
 from hoodrun.config import Config
@@ -261,11 +262,12 @@ def _answers(client: httpx.Client, url: str) -> bool:
         return False
 
 
+@pytest.mark.parametrize("role", [["up", "--no-demo"], ["api"]])
 def test_sighup_plans_reach_the_admin_apis_contracts(
-    tmp_path: Path, anvil_factory: Any, client: httpx.Client
+    tmp_path: Path, anvil_factory: Any, client: httpx.Client, role: list[str]
 ) -> None:
-    # ``hoodrun up``: a plan the reload added can be contracted on the admin API at once, and a
-    # plan it removed no longer can (as keys take and refuse them).
+    # ``hoodrun up`` and ``hoodrun api``: a plan the reload added can be contracted on the admin
+    # API at once, and a plan it removed no longer can (as keys take and refuse them).
     eth = anvil_factory(chain_id=1)
     port, api_port = free_port(), free_port()
     path = tmp_path / "hoodrun.yaml"
@@ -293,8 +295,7 @@ def test_sighup_plans_reach_the_admin_apis_contracts(
     )  # fmt: skip
     org = orjson.loads(made.stdout)["org_id"]
     proc = subprocess.Popen(
-        [*hoodrun, "up", "--no-demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        [*hoodrun, *role], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(proc.stdout or ()), daemon=True).start()
