@@ -404,11 +404,9 @@ class Gateway:
 
     @staticmethod
     def _check_quotas(entitlements: Entitlements, record: KeyRecord, plan: PlanConfig) -> None:
-        resets = entitlements.counters.month_end
-        wait = str(max(1, int(resets.timestamp() - time.time())))
-        when = resets.strftime("%Y-%m-%dT%H:%M:%SZ")
         spent = entitlements.exhausted(record.org_id, plan)
         if spent is not None:
+            when, wait = _reset(entitlements)
             raise QuotaExceeded(
                 f"Quota exceeded: plan {plan.name!r} allows {spent.limit:,} {spent.name} a month "
                 f"and {spent.used:,} were used; it resets at {when}, or upgrade the plan",
@@ -417,6 +415,7 @@ class Gateway:
         over = entitlements.over_cap(record.org_id, plan)
         if over is not None:
             amount, cap = over
+            when, wait = _reset(entitlements)
             raise QuotaExceeded(
                 f"Spending cap reached: plan {plan.name!r} stops at {cap.amount} {cap.currency} "
                 f"a month and {amount.amount} {amount.currency} was used; it resets at {when}, "
@@ -902,6 +901,14 @@ def _span_kinds() -> tuple[Any, Any]:
 
 
 _SERVER_KIND, _CLIENT_KIND = _span_kinds()
+
+
+def _reset(entitlements: Entitlements) -> tuple[str, str]:
+    """When the month's quotas start again: (ISO time, Retry-After seconds). Only for refusals:
+    the checks that pass never format anything."""
+    resets = entitlements.counters.month_end
+    wait = max(1, int(resets.timestamp() - time.time()))
+    return resets.strftime("%Y-%m-%dT%H:%M:%SZ"), str(wait)
 
 
 def _request_ids() -> Callable[[], str]:
