@@ -17,6 +17,7 @@ change writes its audit row in the same transaction.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -308,22 +309,8 @@ class ContractBook:
             ends_at=ends_at,
             created_at=now,
         )
-        await conn.execute(
-            insert(contracts).values(
-                id=contract.id,
-                org_id=org_id,
-                plan=contract.plan,
-                currency=contract.currency,
-                country=contract.country,
-                tax_id=contract.tax_id,
-                business=contract.business,
-                discount_percent=contract.discount_percent,
-                minimum_override=contract.minimum_override,
-                starts_at=starts_at,
-                ends_at=ends_at,
-                created_at=now,
-            )
-        )
+        # The dataclass's fields are the table's columns.
+        await conn.execute(insert(contracts).values(**dataclasses.asdict(contract)))
         return contract
 
 
