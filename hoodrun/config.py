@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hoodrun.billing.config import BillingConfig
 from hoodrun.metering.config import BUILTIN_METERS, MeterConfig, PriceConfig, TaxRule
 
 __all__ = [
@@ -389,6 +390,7 @@ class Config(_Model):
     taxes: dict[str, TaxRule] = Field(
         default_factory=dict, description="Tax per customer country (ISO 3166 alpha-2)."
     )
+    billing: BillingConfig = BillingConfig()
     plans: tuple[PlanConfig, ...] = Field(
         default=DEFAULT_PLANS, description="Plans sold; without any, free/pro/enterprise."
     )

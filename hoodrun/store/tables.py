@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -30,13 +31,23 @@ __all__ = [
     "alerts",
     "api_keys",
     "audit_log",
+    "billing_accounts",
+    "closing_snapshots",
     "contracts",
     "credit_grants",
     "credit_ledger",
+    "credit_notes",
+    "fx_rates",
+    "invoices",
+    "jobs",
+    "ledger_entries",
+    "ledger_exports",
     "metadata",
     "orgs",
     "plans",
     "projects",
+    "reconciliations",
+    "refunds",
 ]
 
 # Deterministic constraint names, so later migrations can refer to them on both backends.
@@ -184,4 +195,199 @@ credit_ledger = Table(
     Column("amount", ExactDecimal(), nullable=False),
     Column("reason", String(32), nullable=False),
     Column("reference", String(128), nullable=True),
+)
+
+# --- billing -------------------------------------------------------------------------------------
+
+# The durable job queue (``hoodrun.jobs``): one row per job. ``status``: queued | running | done |
+# dead (retries exhausted: the dead letters) | cancelled. A running job holds a lease
+# (``locked_until``); a worker that dies mid-job leaves it to expire, and the job runs again.
+# ``idempotency_key`` makes enqueueing the same work twice (a scheduled slot, a retry of the
+# caller) one job.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("priority", Integer, nullable=False),  # higher runs first
+    Column("payload", JSONType, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("timeout_seconds", Float, nullable=False),
+    Column("run_at", UTCDateTime(), nullable=False),
+    Column("locked_by", String(64), nullable=True),
+    Column("locked_until", UTCDateTime(), nullable=True),
+    Column("idempotency_key", String(128), nullable=True, unique=True),
+    Column("last_error", String(2000), nullable=True),
+    Column("result", JSONType, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Index("ix_jobs_status_priority_run_at", "status", "priority", "run_at"),
+)
+
+# Exchange rates as published: 1 ``currency`` = ``rate`` ``quote`` on ``day`` (the bulletin's
+# date), from ``source`` (tcmb: ForexBuying / Unit in TRY; ecb: the reference rate in EUR).
+fx_rates = Table(
+    "fx_rates",
+    metadata,
+    Column("source", String(8), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("quote", String(3), nullable=False),
+    Column("rate", ExactDecimal(), nullable=False),
+    Column("fetched_at", UTCDateTime(), nullable=False),
+)
+
+# What the providers need to know of an org beyond its contract, and their ids for it.
+billing_accounts = Table(
+    "billing_accounts",
+    metadata,
+    Column("org_id", String(32), ForeignKey("orgs.id"), primary_key=True),
+    Column("legal_name", String(256), nullable=False),
+    Column("email", String(256), nullable=False),
+    Column("address", String(512), nullable=False),
+    Column("city", String(64), nullable=False),
+    Column("district", String(64), nullable=False),
+    Column("tax_office", String(64), nullable=False),
+    Column("stripe_customer_id", String(64), nullable=True),
+    Column("parasut_contact_id", String(64), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# A period closed for an org: the usage counted and the lines rated, frozen (never updated);
+# ``content_hash`` is SHA-256 over the canonical JSON of the rest. Usage counted late for an
+# earlier period is in ``late_usage`` (and rated here).
+closing_snapshots = Table(
+    "closing_snapshots",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("period", String(7), nullable=False),  # YYYY-MM
+    Column("period_start", UTCDateTime(), nullable=False),
+    Column("period_end", UTCDateTime(), nullable=False),
+    Column("contract_id", String(32), nullable=False),
+    Column("plan", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("usage", JSONType, nullable=False),
+    Column("late_usage", JSONType, nullable=False),
+    Column("lines", JSONType, nullable=False),
+    Column("subtotal", ExactDecimal(), nullable=False),
+    Column("tax", ExactDecimal(), nullable=False),
+    Column("credits", ExactDecimal(), nullable=False),
+    Column("total", ExactDecimal(), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("closed_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("org_id", "period"),
+)
+
+# Invoices: draft -> open -> paid | void | uncollectible; ``pending`` while the provider cannot
+# be reached (retried by the job queue). Amounts are in ``currency``; when it differs from the
+# snapshot's (TL in Turkey), ``original_*`` and ``fx_*`` say how it was converted.
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("number", String(32), nullable=False, unique=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False, index=True),
+    Column("snapshot_id", String(32), ForeignKey("closing_snapshots.id"), nullable=True),
+    Column("period", String(7), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("lines", JSONType, nullable=False),
+    Column("subtotal", ExactDecimal(), nullable=False),
+    Column("tax", ExactDecimal(), nullable=False),
+    Column("credits", ExactDecimal(), nullable=False),
+    Column("total", ExactDecimal(), nullable=False),
+    Column("original_currency", String(3), nullable=True),
+    Column("original_total", ExactDecimal(), nullable=True),
+    Column("fx_rate", ExactDecimal(), nullable=True),
+    Column("fx_source", String(8), nullable=True),
+    Column("fx_date", Date, nullable=True),
+    Column("issue_date", Date, nullable=False),
+    Column("due_date", Date, nullable=False),
+    Column("provider", String(16), nullable=False),  # stripe | parasut | none
+    Column("provider_id", String(64), nullable=True),
+    Column("provider_status", String(32), nullable=True),
+    Column("provider_total", ExactDecimal(), nullable=True),
+    Column("provider_document", String(64), nullable=True),  # e-Fatura / e-Arşiv id
+    Column("last_error", String(2000), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    Column("paid_at", UTCDateTime(), nullable=True),
+)
+
+# Credit notes (a correction of an issued invoice) and refunds (money paid back).
+credit_notes = Table(
+    "credit_notes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("invoice_id", String(32), ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("amount", ExactDecimal(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("reason", String(256), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | issued
+    Column("provider_id", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("issued_at", UTCDateTime(), nullable=True),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("invoice_id", String(32), ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("amount", ExactDecimal(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("reason", String(256), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | succeeded | failed
+    Column("provider_id", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("done_at", UTCDateTime(), nullable=True),
+)
+
+# Each run of reconciliation per invoice: what the provider says against the snapshot.
+reconciliations = Table(
+    "reconciliations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("invoice_id", String(32), ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("expected", ExactDecimal(), nullable=False),
+    Column("reported", ExactDecimal(), nullable=True),
+    Column("matched", Boolean, nullable=False),
+    Column("detail", String(512), nullable=False),
+)
+
+# The money ledger: append-only, each entry carrying the SHA-256 of the one before (``prev_hash``)
+# and its own (``hash``, over its content and ``prev_hash``). Updates and deletes are refused: by a
+# trigger on PostgreSQL, by the store layer on SQLite.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("org_id", String(32), nullable=False, index=True),
+    Column("reference", String(64), nullable=False),
+    Column("amount", ExactDecimal(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("details", JSONType, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+
+# The signed daily exports of the ledger.
+ledger_exports = Table(
+    "ledger_exports",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("path", String(512), nullable=False),
+    Column("first_seq", BigInteger, nullable=True),
+    Column("last_seq", BigInteger, nullable=True),
+    Column("last_hash", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
