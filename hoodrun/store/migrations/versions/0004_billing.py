@@ -12,6 +12,7 @@ Create Date: 2026-11-29
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -144,7 +145,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("number", name="uq_invoices_number"),
     )
     op.create_index("ix_invoices_org_id", "invoices", ["org_id"])
-    for table, extra in (
+    corrections: tuple[tuple[str, list[sa.Column[Any]]], ...] = (
         (
             "credit_notes",
             [
@@ -163,7 +164,8 @@ def upgrade() -> None:
                 sa.Column("done_at", TIME, nullable=True),
             ],
         ),
-    ):
+    )
+    for table, extra in corrections:
         op.create_table(
             table,
             sa.Column("id", sa.String(32), nullable=False),
