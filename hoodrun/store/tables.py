@@ -227,8 +227,9 @@ jobs = Table(
     Index("ix_jobs_status_priority_run_at", "status", "priority", "run_at"),
 )
 
-# Exchange rates as published: 1 ``currency`` = ``rate`` ``quote`` on ``day`` (the bulletin's
-# date), from ``source`` (tcmb: ForexBuying / Unit in TRY; ecb: the reference rate in EUR).
+# Exchange rates as published on ``day`` (the bulletin's date) by ``source``: tcmb: 1 ``currency``
+# = ``rate`` TRY (ForexBuying / Unit, ``quote`` TRY); ecb: 1 EUR = ``rate`` ``currency`` (``quote``
+# EUR), as the ECB publishes them.
 fx_rates = Table(
     "fx_rates",
     metadata,
