@@ -18,7 +18,8 @@ from hoodrun.billing.providers import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from hoodrun.billing.providers.parasut import ParasutProvider, ParasutRejected, _RateLimiter
+from hoodrun.billing.providers.parasut import ParasutProvider, ParasutRejected
+from hoodrun.billing.providers.parasut._session import _RateLimiter
 from tests.billing.fake_parasut import PDF_BYTES, USER_PASSWORD, Clock, FakeParasut
 
 KDV = Decimal("0.20")

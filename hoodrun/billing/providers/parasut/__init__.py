@@ -13,13 +13,7 @@
 4. Issue an e-Fatura when the customer's tax number has an e-invoice inbox, else an e-Arşiv, and
    poll the trackable job; then read the invoice's ``active_e_document``.
 
-Credits. A Paraşüt invoice discount lowers the VAT base (as Turkish VAT law wants of a discount),
-whereas HoodRun subtracts credits after tax. The discount sent is the amount, found to the cent,
-for which Paraşüt's own total equals ``draft.total``: with credits applied after tax that is about
-``credits / (1 + VAT rate)`` and Paraşüt's VAT is lower than ``draft.tax``; with credits applied
-before tax it is the credits themselves and both agree. The search assumes Paraşüt spreads the
-discount over the details in proportion (the last detail takes the rounding) and rounds VAT per
-detail, half up; step 3 catches any difference from what Paraşüt really does.
+Credits: how much that one invoice discount is comes from ``_totals``, whose docstring says why.
 
 Not done here, on purpose: refunds of money (made in Paraşüt by the operator) and charging cards
 (Paraşüt only records payments). Turkey's local date (UTC+3, no daylight saving since 2016) dates
@@ -34,14 +28,10 @@ import json
 import logging
 import re
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import httpx
 
@@ -49,28 +39,37 @@ from hoodrun.billing.config import ParasutConfig
 from hoodrun.billing.providers import (
     CustomerInfo,
     InvoiceDraft,
-    InvoiceLineDraft,
     ProviderRejected,
     ProviderUnavailable,
     RemoteInvoice,
-    RemoteStatus,
+)
+from hoodrun.billing.providers.parasut._session import (
+    Clock,
+    Doc,
+    ParasutRejected,
+    Sleep,
+    _attrs,
+    _data,
+    _included,
+    _items,
+    _related,
+    _Session,
+)
+from hoodrun.billing.providers.parasut._totals import (
+    _as_detail,
+    _Detail,
+    _discount_for,
+    _money,
+    _net_of,
+    _remote,
 )
 
 __all__ = ["ParasutProvider", "ParasutRejected"]
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-Doc = dict[str, Any]
-
-_JSONAPI = "application/vnd.api+json"
-_OOB = "urn:ietf:wg:oauth:2.0:oob"
-_CENT = Decimal("0.01")
 _TURKEY = timezone(timedelta(hours=3))
 _JOB_TTL = 15 * 60.0  # Paraşüt forgets a trackable job id after 15 minutes.
-_MAX_RETRY_AFTER = 60.0  # Longer waits are left to the job queue's backoff.
-_THROTTLE_RETRIES = 3
 _MAX_SEQUENCE = 2**31 - 1
 _PRODUCT_CODE = "HOODRUN-RPC"
 _PRODUCT_NAME = "RPC usage"
@@ -79,47 +78,7 @@ _NUMBER = re.compile(r"^(?P<series>.*?)[-_/ ]*(?P<sequence>\d+)$")
 _PARTY_FIELDS = ("tax_number", "tax_office", "city", "district", "country")
 
 
-class ParasutRejected(ProviderRejected):
-    """Paraşüt refused a request (4xx): ``status``, and ``errors`` (titles and details) say why."""
-
-    def __init__(self, status: int, errors: Sequence[str], what: str) -> None:
-        self.status = status
-        self.errors = tuple(errors)
-        super().__init__(f"Paraşüt refused {what} ({status}): {'; '.join(errors) or 'no detail'}")
-
-
-# --- numbers, money and JSON ------------------------------------------------------------------
-
-
-def _cents(value: Decimal) -> Decimal:
-    return value.quantize(_CENT, rounding=ROUND_HALF_UP)
-
-
-def _money(value: object) -> Decimal:
-    """A decimal from Paraşüt's JSON: numbers arrive as Decimal or int, sometimes as strings."""
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int | str) and not isinstance(value, bool):
-        try:
-            return Decimal(value)
-        except InvalidOperation:
-            pass
-    raise ProviderUnavailable(f"Paraşüt sent {value!r} where an amount was expected")
-
-
-def _dumps(value: object) -> str:
-    """JSON with Decimals as exact numbers (``json`` only knows floats, which lose cents)."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"not a finite amount: {value}")
-        return format(value, "f")
-    if isinstance(value, float):
-        raise TypeError("amounts are Decimal, never float")
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
-    return json.dumps(value)
+# --- invoice numbers and currencies -----------------------------------------------------------
 
 
 def _to_wire_currency(currency: str) -> str:
@@ -127,10 +86,6 @@ def _to_wire_currency(currency: str) -> str:
     if wire is None:
         raise ProviderRejected(f"Paraşüt invoices in TRY, USD, EUR or GBP, not {currency}")
     return wire
-
-
-def _from_wire_currency(currency: object) -> str:
-    return "TRY" if currency in (None, "TRL") else str(currency)
 
 
 def _split_number(number: str) -> tuple[str, int]:
@@ -148,339 +103,6 @@ def _key_number(key: str) -> tuple[str, int]:
         return _split_number(key)
     except ProviderRejected:
         return "CN", int(hashlib.sha256(key.encode()).hexdigest()[:7], 16)
-
-
-def _percent(rate: Decimal) -> Decimal:
-    return (rate * 100).normalize()
-
-
-# --- JSON:API documents -----------------------------------------------------------------------
-
-
-def _data(doc: Doc | None) -> Doc:
-    data = (doc or {}).get("data")
-    if not isinstance(data, dict) or "id" not in data:
-        raise ProviderUnavailable("Paraşüt's answer has no resource")
-    return data
-
-
-def _items(doc: Doc | None) -> list[Doc]:
-    data = (doc or {}).get("data")
-    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
-
-
-def _attrs(resource: Doc) -> Doc:
-    attributes = resource.get("attributes")
-    return attributes if isinstance(attributes, dict) else {}
-
-
-def _related(resource: Doc, name: str) -> tuple[str, str] | None:
-    """The (type, id) a to-one relationship points at, or None."""
-    data = ((resource.get("relationships") or {}).get(name) or {}).get("data")
-    if isinstance(data, dict) and data.get("id"):
-        return str(data.get("type")), str(data["id"])
-    return None
-
-
-def _included(doc: Doc, kind: str) -> list[Doc]:
-    return [i for i in doc.get("included") or [] if isinstance(i, dict) and i.get("type") == kind]
-
-
-def _errors(response: httpx.Response) -> list[str]:
-    try:
-        body = response.json()
-    except ValueError:
-        return [response.text[:200]] if response.text else []
-    found = body.get("errors") if isinstance(body, dict) else None
-    if not isinstance(found, list):
-        # The OAuth endpoint answers {"error", "error_description"}.
-        pair = (body.get("error"), body.get("error_description")) if isinstance(body, dict) else ()
-        return [": ".join(str(p) for p in pair if p)] if any(pair) else []
-    messages = []
-    for error in found:
-        if isinstance(error, dict):
-            parts = [str(error[k]) for k in ("title", "detail") if error.get(k)]
-            messages.append(": ".join(parts))
-        else:
-            messages.append(str(error))
-    return [m for m in messages if m]
-
-
-# --- the rate limit ---------------------------------------------------------------------------
-
-
-class _RateLimiter:
-    """At most ``limit`` requests in any ``window`` seconds, counted from when each answer came
-    back: a request's arrival at Paraşüt lies between its sending and its answer, so spacing
-    sends ``window`` after earlier answers keeps Paraşüt's own count within the limit too."""
-
-    def __init__(self, limit: int, window: float, clock: Clock, sleep: Sleep) -> None:
-        self._limit, self._window = limit, window
-        self._clock, self._sleep = clock, sleep
-        self._done: deque[float] = deque()
-        self._in_flight = 0
-        self._released = asyncio.Event()
-
-    async def __aenter__(self) -> None:
-        # No await between the check and the booking: asyncio makes the pair atomic.
-        while True:
-            now = self._clock()
-            while self._done and self._done[0] <= now - self._window:
-                self._done.popleft()
-            if len(self._done) + self._in_flight < self._limit:
-                self._in_flight += 1
-                return
-            if self._done:
-                await self._sleep(self._done[0] + self._window - now)
-            else:
-                self._released.clear()
-                await self._released.wait()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._in_flight -= 1
-        self._done.append(self._clock())
-        self._released.set()
-
-
-# --- the HTTP session -------------------------------------------------------------------------
-
-
-class _Session:
-    """Paraşüt's API over HTTP: tokens, the rate limit, retries, and errors mapped to the
-    provider's two kinds."""
-
-    def __init__(
-        self, config: ParasutConfig, client: httpx.AsyncClient, clock: Clock, sleep: Sleep
-    ) -> None:
-        self._config, self._client = config, client
-        self._clock, self._sleep = clock, sleep
-        self._limiter = _RateLimiter(config.rate_limit, config.rate_window, clock, sleep)
-        self._access: str | None = None
-        self._refresh: str | None = None
-        self._renew_at = 0.0
-        self._auth_lock = asyncio.Lock()
-
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        async with self._limiter:
-            try:
-                return await self._client.request(method, url, **kwargs)
-            except httpx.TimeoutException as exc:
-                raise ProviderUnavailable(f"Paraşüt did not answer {method} {url} in time") from exc
-            except httpx.HTTPError as exc:
-                raise ProviderUnavailable(f"Paraşüt unreachable ({type(exc).__name__})") from exc
-
-    # OAuth2: the password grant once, then refresh tokens, each used once (they rotate).
-
-    async def _token(self) -> str:
-        if self._access is not None and self._clock() < self._renew_at:
-            return self._access
-        async with self._auth_lock:
-            if self._access is None or self._clock() >= self._renew_at:
-                await self._obtain()
-            if self._access is None:
-                raise ProviderUnavailable("Paraşüt gave no access token")
-            return self._access
-
-    async def _renew(self, refused: str) -> None:
-        async with self._auth_lock:
-            if self._access == refused:  # else another request already renewed it
-                await self._obtain()
-
-    async def _obtain(self) -> None:
-        if self._refresh is not None:
-            try:
-                await self._grant({"grant_type": "refresh_token", "refresh_token": self._refresh})
-                return
-            except ProviderRejected as exc:
-                log.warning("Paraşüt refused the refresh token (%s); logging in again", exc)
-                self._refresh = None
-        await self._grant(
-            {
-                "grant_type": "password",
-                "username": self._config.username,
-                "password": self._config.user_password() or "",
-                "redirect_uri": _OOB,
-            }
-        )
-
-    async def _grant(self, form: dict[str, str]) -> None:
-        form |= {"client_id": self._config.client_id, "client_secret": self._config.secret() or ""}
-        response = await self._send("POST", "/oauth/token", data=form)
-        grant = form["grant_type"]
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ProviderUnavailable(f"Paraşüt's token endpoint answered {response.status_code}")
-        if response.status_code != 200:
-            raise ParasutRejected(response.status_code, _errors(response), f"the {grant} grant")
-        try:
-            body = response.json()
-            access, expires_in = str(body["access_token"]), float(body.get("expires_in", 7200))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderUnavailable("Paraşüt's token endpoint sent no access token") from exc
-        self._access = access
-        self._refresh = str(body.get("refresh_token") or "") or self._refresh
-        self._renew_at = self._clock() + expires_in - min(60.0, expires_in / 10)
-        log.info("Paraşüt access token obtained (%s grant), valid %.0f s", grant, expires_in)
-
-    # The API.
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        body: Doc | None = None,
-    ) -> Doc | None:
-        """The JSON:API document Paraşüt answered, None for an empty answer (204)."""
-        url = f"/v4/{self._config.company_id}/{path}"
-        headers = {"Accept": _JSONAPI}
-        content = None
-        if body is not None:
-            content, headers["Content-Type"] = _dumps(body).encode(), _JSONAPI
-        renewed, throttled = False, 0
-        while True:
-            token = await self._token()
-            response = await self._send(
-                method,
-                url,
-                params=params,
-                content=content,
-                headers=headers | {"Authorization": f"Bearer {token}"},
-            )
-            status = response.status_code
-            if status == 401 and not renewed:
-                renewed = True
-                await self._renew(token)
-                continue
-            if status == 429:
-                throttled += 1
-                delay = self._retry_after(response)
-                if throttled > _THROTTLE_RETRIES or delay > _MAX_RETRY_AFTER:
-                    raise ProviderUnavailable(f"Paraşüt kept rate-limiting {method} {path}")
-                log.info("Paraşüt rate-limited %s %s; retrying in %.1f s", method, path, delay)
-                await self._sleep(delay)
-                continue
-            return self._parse(response, f"{method} {path}")
-
-    def _retry_after(self, response: httpx.Response) -> float:
-        value = response.headers.get("Retry-After", "").strip()
-        if not value:
-            return self._config.rate_window
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            pass
-        try:
-            return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
-        except (TypeError, ValueError):
-            return self._config.rate_window
-
-    @staticmethod
-    def _parse(response: httpx.Response, what: str) -> Doc | None:
-        status = response.status_code
-        if 400 <= status < 500:
-            raise ParasutRejected(status, _errors(response), what)
-        if not 200 <= status < 300:
-            detail = "; ".join(_errors(response))
-            raise ProviderUnavailable(f"Paraşüt answered {status} to {what}: {detail}".rstrip(": "))
-        if status == 204 or not response.content:
-            return None
-        try:
-            doc = json.loads(response.content, parse_float=Decimal)
-        except ValueError as exc:
-            raise ProviderUnavailable(f"Paraşüt's answer to {what} is not JSON") from exc
-        if not isinstance(doc, dict):
-            raise ProviderUnavailable(f"Paraşüt's answer to {what} is not a JSON:API document")
-        return doc
-
-    async def download(self, url: str) -> bytes:
-        """A pre-signed file: fetched without the bearer token, which is for Paraşüt alone."""
-        try:
-            response = await self._client.get(url, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"download failed ({type(exc).__name__})") from exc
-        if response.status_code != 200:
-            raise ProviderUnavailable(f"download answered {response.status_code}")
-        return response.content
-
-
-# --- the totals Paraşüt computes --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Detail:
-    quantity: Decimal
-    unit_price: Decimal
-    vat_rate: Decimal  # percent
-    description: str
-
-    @property
-    def net(self) -> Decimal:
-        return _cents(self.quantity * self.unit_price)
-
-
-def _parasut_total(details: Sequence[_Detail], discount: Decimal) -> Decimal:
-    """Paraşüt's net_total: an amount discount spread over the details in proportion to their
-    net (the last one takes the rounding), then VAT per detail on what remains, half up."""
-    nets = [d.net for d in details]
-    base = sum(nets, Decimal(0))
-    shares = [_cents(discount * n / base) if base else Decimal(0) for n in nets[:-1]]
-    shares.append(discount - sum(shares, Decimal(0)))
-    vat = sum(
-        (_cents((n - s) * d.vat_rate / 100) for n, s, d in zip(nets, shares, details, strict=True)),
-        Decimal(0),
-    )
-    return base - discount + vat
-
-
-def _discount_for(details: Sequence[_Detail], credits: Decimal, total: Decimal) -> Decimal:
-    """The invoice discount, to the cent, that makes Paraşüt's total come out at ``total``."""
-    if credits <= 0:
-        return Decimal(0)
-    base = sum((d.net for d in details), Decimal(0))
-    undiscounted = _parasut_total(details, Decimal(0))
-    rate = (undiscounted - base) / base if base else Decimal(0)
-    guess = _cents((undiscounted - total) / (1 + rate))
-    candidates = [guess + k * _CENT for k in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5)]
-    for discount in candidates:
-        if 0 <= discount <= base and _parasut_total(details, discount) == total:
-            return discount
-    # No cent gives it exactly: send the nearest, and the total check refuses to issue.
-    return min(max(guess, Decimal(0)), base)
-
-
-def _net_of(gross: Decimal, vat_rate: Decimal) -> Decimal | None:
-    """The net amount whose VAT at ``vat_rate`` percent brings it to ``gross`` exactly."""
-    guess = _cents(gross * 100 / (100 + vat_rate))
-    for k in (0, 1, -1, 2, -2):
-        net = guess + k * _CENT
-        if net + _cents(net * vat_rate / 100) == gross:
-            return net
-    return None
-
-
-def _remote(resource: Doc) -> RemoteInvoice:
-    attrs = _attrs(resource)
-    total = _money(attrs.get("net_total") or 0)
-    remaining = total if attrs.get("remaining") is None else _money(attrs["remaining"])
-    document = _related(resource, "active_e_document")
-    status: RemoteStatus
-    if attrs.get("item_type") == "cancelled":
-        status = "void"
-    elif remaining <= 0:
-        status = "paid"
-    elif attrs.get("archived"):
-        status = "void"
-    else:
-        status = "open" if document else "draft"
-    return RemoteInvoice(
-        provider_id=str(resource["id"]),
-        status=status,
-        currency=_from_wire_currency(attrs.get("currency")),
-        total=total,
-        amount_paid=max(total - remaining, Decimal(0)),
-        document_id=document[1] if document else None,
-    )
 
 
 # --- the provider -----------------------------------------------------------------------------
@@ -941,21 +563,6 @@ class ParasutProvider:
         await self._call("DELETE", f"sales_invoices/{provider_id}/cancel")
         log.info("Paraşüt sales invoice %s cancelled", provider_id)
         return await self.fetch_invoice(provider_id)
-
-
-def _as_detail(line: InvoiceLineDraft) -> _Detail:
-    """Quantity × unit price when they give the amount exactly (with a unit price of at most 4
-    decimals, which Paraşüt keeps), else 1 × the amount: the amount is what HoodRun billed."""
-    quantity, unit_price = line.quantity, line.unit_price
-    exact = (
-        quantity > 0
-        and unit_price >= 0
-        and unit_price == unit_price.quantize(Decimal("0.0001"))
-        and quantity * unit_price == line.amount
-    )
-    if not exact:
-        quantity, unit_price = Decimal(1), line.amount
-    return _Detail(quantity, unit_price, _percent(line.tax_rate), line.description)
 
 
 def _detail_resource(detail: _Detail, product_id: str) -> Doc:
