@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import RowMapping, Select, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from hoodrun.billing.ledger import CREDITS_CONSUMED, CREDITS_GRANTED, Ledger
 from hoodrun.config import Config
 from hoodrun.metering.credits import (
     GRANT_KINDS,
@@ -38,7 +39,7 @@ from hoodrun.metering.credits import (
     balance,
     low_balance,
 )
-from hoodrun.metering.money import CurrencyMismatch, Money, MoneyError
+from hoodrun.metering.money import CurrencyMismatch, Money, MoneyError, total
 from hoodrun.metering.rating import ContractTerms
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import contracts, credit_grants, credit_ledger, orgs
@@ -360,11 +361,16 @@ def _audit_details(contract: Contract) -> dict[str, Any]:
 
 
 class CreditBook:
-    """Credit grants of orgs: grant, read balances and grants, spend, read the ledger."""
+    """Credit grants of orgs: grant, read balances and grants, spend, read the ledger.
+
+    Each grant and each spend also appends its entry to the money ledger
+    (``hoodrun.billing.ledger``) in the same transaction: the ledger holds every money event.
+    """
 
     def __init__(self, store: Store, clock: Callable[[], datetime] = _utc_now) -> None:
         self._store = store
         self._clock = clock
+        self._ledger = Ledger(store, clock)
 
     async def grant(
         self,
@@ -426,6 +432,15 @@ class CreditBook:
                     "expires_at": None if expires_at is None else expires_at.isoformat(),
                 },
             )
+            # Last: the ledger's lock is held until the commit.
+            await self._ledger.append(
+                CREDITS_GRANTED,
+                org_id,
+                grant.id,
+                amount,
+                {"kind": kind, "expires_at": expires_at, "note": grant.note},
+                conn=conn,
+            )
         return grant
 
     async def grants(self, org_id: str, *, currency: str | None = None) -> list[CreditGrant]:
@@ -474,6 +489,28 @@ class CreditBook:
                     conn, credit.grant_id, now, -credit.amount.amount, reason, reference
                 )
             after = balance(balances, now, amount.currency)
+            if applied:
+                # One entry per spend, the grants it drew on in its details. The ledger's
+                # reference holds 64 characters: a longer one (or none) is only in the details.
+                short = reference if reference and len(reference) <= 64 else new_id("spend")
+                await self._ledger.append(
+                    CREDITS_CONSUMED,
+                    org_id,
+                    short,
+                    total((credit.amount for credit in applied), amount.currency),
+                    {
+                        "reason": reason,
+                        "reference": reference,
+                        "grants": [
+                            {
+                                "grant": credit.grant_id,
+                                "amount": str(credit.amount.rounded().amount),
+                            }
+                            for credit in applied
+                        ],
+                    },
+                    conn=conn,
+                )
         return Consumption(
             applied=applied,
             remaining=remaining,
