@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
@@ -29,6 +30,7 @@ from hoodrun.config import (
 from hoodrun.configdiff import reloadable
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
+from hoodrun.jobs import JobQueue, Worker
 from hoodrun.keys.service import KeyService
 from hoodrun.metering.entitlements import OrgEntitlements
 from hoodrun.metering.meters import MeterService
@@ -296,20 +298,54 @@ async def run_worker(
     config: Config,
     *,
     burst: bool = False,
-    ready: Callable[[Telemetry], None] | None = None,
+    ready: Callable[[Telemetry | None], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """The worker role: consume the record stream (with ``nats_url``) into the analytics store
-    and keep its rollups. ``burst``: drain what is waiting, roll up, and return."""
+    """The worker role: run the job queue's billing jobs (with ``billing.enabled``) and, with
+    telemetry enabled, consume the record stream (with ``nats_url``) into the analytics store and
+    keep its rollups. ``ready`` gets the telemetry (``None`` when disabled). ``burst``: drain what
+    is waiting (records, rollups, due jobs) and return."""
     stop = _stop_on_signals(stop)
+    worker: Worker | None = None
     async with AsyncExitStack() as stack:
-        telemetry = await open_telemetry(config, stack, produce=False, consume=True)
+        telemetry: Telemetry | None = None
+        if config.telemetry.enabled:
+            telemetry = await open_telemetry(config, stack, produce=False, consume=True)
+        if config.billing.enabled:
+            # Imported here: billing brings the providers' SDKs, which only the worker needs.
+            from hoodrun.billing import jobs as billing_jobs
+
+            await upgrade(config.database_url)  # creates the SQLite file's directory too
+            store = await stack.enter_async_context(Store(config.database_url))
+            queue = JobQueue(store)
+            analytics = telemetry.store if telemetry is not None else None
+            billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
+            stack.push_async_callback(billing.aclose)
+            settings = config.billing.jobs
+            worker = Worker(
+                queue,
+                billing_jobs.handlers(billing),
+                schedules=billing_jobs.schedules(config),
+                concurrency=settings.concurrency,
+                poll_interval=settings.poll_interval,
+                keep_done=timedelta(days=settings.keep_done_days),
+            )
         if ready is not None:
             ready(telemetry)
         if burst:
-            if telemetry.rollups is not None:
-                await telemetry.rollups.catch_up()
-            await telemetry.flush()
+            if telemetry is not None:
+                if telemetry.rollups is not None:
+                    await telemetry.rollups.catch_up()
+                await telemetry.flush()
+            if worker is not None:
+                result = await worker.burst()
+                log.info(
+                    "worker burst: %d jobs done, %d to retry, %d dead",
+                    result.done, result.failed, result.dead,
+                )  # fmt: skip
             return
-        await stop.wait()
+        if worker is not None:
+            await worker.run(stop)  # returns once stopped and the jobs in hand are finished
+        else:
+            await stop.wait()
         log.info("worker stopping: finishing the batch in hand")

@@ -168,18 +168,25 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         burst: Annotated[
             bool,
-            typer.Option("--burst", help="Drain what is waiting, roll it up, and exit."),
+            typer.Option(
+                "--burst", help="Drain what is waiting (records, rollups, due jobs), then exit."
+            ),
         ] = False,
     ) -> None:
-        """Run the worker role: request records from NATS into the analytics store, rollups."""
+        """Run the worker role: the job queue's billing jobs and schedules; with telemetry,
+        request records from NATS into the analytics store, and rollups."""
         from hoodrun.cli import config_of, fail
         from hoodrun.platform import run_worker
+        from hoodrun.store import StoreError as BusinessStoreError
         from hoodrun.telemetry.store import StoreError
 
         config = config_of(ctx)
         _setup_logging(config.log_level, config.log_format)
-        if not config.telemetry.enabled:
-            fail("telemetry is disabled in the config (telemetry.enabled: false): nothing to do")
+        if not config.telemetry.enabled and not config.billing.enabled:
+            fail(
+                "nothing to do: telemetry and billing are both disabled in the config "
+                "(telemetry.enabled, billing.enabled)"
+            )
 
         def started(_: object) -> None:
             if not burst:
@@ -187,7 +194,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             _run(run_worker(config, burst=burst, ready=started))
-        except (ConfigError, OSError, StoreError) as exc:
+        except (ConfigError, OSError, StoreError, BusinessStoreError) as exc:
             fail(str(exc))
 
     @app.command()
