@@ -1,0 +1,217 @@
+"""Invoices in the admin API (``/admin/v1/invoices``), behind the admin token: list them, read
+one, and download its document as HTML or PDF.
+
+Amounts are JSON strings with their currency (``{"amount": "12.34", "currency": "USD"}``), never
+numbers, so no client reads them through a float. Errors follow the admin API: 401 no or wrong
+token, 404 no such invoice, 422 a malformed query.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.models import ErrorOut
+from hoodrun.billing.documents import render_html, render_pdf
+from hoodrun.billing.invoices import Invoice, InvoiceBook, InvoiceLine, InvoiceNotFound
+from hoodrun.metering.money import Money
+
+__all__ = ["billing_router"]
+
+InvoiceId = Annotated[str, Path(description="The invoice id (inv_...).")]
+Status = Literal["draft", "pending", "open", "paid", "void", "uncollectible"]
+
+
+class MoneyOut(BaseModel):
+    amount: str
+    currency: str
+
+    @classmethod
+    def of(cls, money: Money) -> MoneyOut:
+        return cls(amount=str(money.amount), currency=money.currency)
+
+
+class LineOut(BaseModel):
+    kind: str
+    description: str
+    quantity: str
+    per: str
+    unit_price: MoneyOut
+    amount: MoneyOut
+    tax_rate: str
+
+
+class ConversionOut(BaseModel):
+    original: MoneyOut
+    rate: str
+    source: str | None
+    day: date | None
+
+
+class InvoiceSummaryOut(BaseModel):
+    id: str
+    number: str
+    org_id: str
+    period: str
+    status: str
+    total: MoneyOut
+    issue_date: date
+    due_date: date
+    provider: str
+
+
+class InvoiceOut(InvoiceSummaryOut):
+    snapshot_id: str | None
+    currency: str
+    lines: list[LineOut]
+    subtotal: MoneyOut
+    tax: MoneyOut
+    credits: MoneyOut
+    reverse_charge: bool
+    conversion: ConversionOut | None
+    provider_id: str | None
+    provider_status: str | None
+    provider_total: MoneyOut | None
+    provider_document: str | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    paid_at: datetime | None
+
+
+class InvoicesOut(BaseModel):
+    invoices: list[InvoiceSummaryOut]
+
+
+def billing_router(invoices: InvoiceBook, token: str | None) -> APIRouter:
+    """The invoice routes; ``token`` is the admin bearer token (``None`` refuses every call)."""
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (401, 404, 422)
+    }
+    router = APIRouter(
+        prefix="/admin/v1/invoices",
+        tags=["billing"],
+        dependencies=[Depends(_bearer(token))],
+        responses=errors,
+    )
+
+    async def found(invoice_id: str) -> Invoice:
+        try:
+            return await invoices.get(invoice_id)
+        except InvoiceNotFound:
+            raise ApiError(404, "invoice_not_found", f"no invoice {invoice_id!r}") from None
+
+    async def document_parts(invoice: Invoice) -> dict[str, Any]:
+        return {
+            "issuer": invoices.config.billing.issuer,
+            "account": await invoices.account(invoice.org_id),
+            "org_name": await invoices.org_name(invoice.org_id),
+        }
+
+    @router.get("")
+    async def list_invoices(
+        org: Annotated[str | None, Query(description="Only this org's (org_...).")] = None,
+        status: Annotated[Status | None, Query(description="Only invoices in this state.")] = None,
+        period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> InvoicesOut:
+        """Invoices, the newest first."""
+        listed = await invoices.list(org_id=org, status=status, period=period, limit=limit)
+        return InvoicesOut(invoices=[_summary(invoice) for invoice in listed])
+
+    @router.get("/{invoice_id}")
+    async def get_invoice(invoice_id: InvoiceId) -> InvoiceOut:
+        """One invoice with its lines."""
+        return _detail(await found(invoice_id))
+
+    @router.get("/{invoice_id}/document.html", response_class=HTMLResponse)
+    async def invoice_html(invoice_id: InvoiceId) -> HTMLResponse:
+        """The invoice document as an HTML page."""
+        invoice = await found(invoice_id)
+        page = render_html(invoice, **await document_parts(invoice))
+        return HTMLResponse(page)
+
+    @router.get(
+        "/{invoice_id}/document.pdf",
+        response_class=Response,
+        responses={200: {"content": {"application/pdf": {}}}},
+    )
+    async def invoice_pdf(invoice_id: InvoiceId) -> Response:
+        """The invoice document as a PDF, to download."""
+        invoice = await found(invoice_id)
+        parts = await document_parts(invoice)
+        # Laying out a PDF takes some CPU: off the event loop.
+        pdf = await run_in_threadpool(lambda: render_pdf(invoice, **parts))
+        disposition = f'attachment; filename="{invoice.number}.pdf"'
+        return Response(
+            pdf, media_type="application/pdf", headers={"Content-Disposition": disposition}
+        )
+
+    return router
+
+
+def _summary(invoice: Invoice) -> InvoiceSummaryOut:
+    return InvoiceSummaryOut(
+        id=invoice.id,
+        number=invoice.number,
+        org_id=invoice.org_id,
+        period=invoice.period,
+        status=invoice.status,
+        total=MoneyOut.of(invoice.total),
+        issue_date=invoice.issue_date,
+        due_date=invoice.due_date,
+        provider=invoice.provider,
+    )
+
+
+def _detail(invoice: Invoice) -> InvoiceOut:
+    conversion = None
+    if invoice.original_total is not None and invoice.fx_rate is not None:
+        conversion = ConversionOut(
+            original=MoneyOut.of(invoice.original_total),
+            rate=str(invoice.fx_rate),
+            source=invoice.fx_source,
+            day=invoice.fx_date,
+        )
+    return InvoiceOut(
+        **_summary(invoice).model_dump(exclude={"total"}),
+        total=MoneyOut.of(invoice.total),
+        snapshot_id=invoice.snapshot_id,
+        currency=invoice.currency,
+        lines=[_line(line) for line in invoice.lines],
+        subtotal=MoneyOut.of(invoice.subtotal),
+        tax=MoneyOut.of(invoice.tax),
+        credits=MoneyOut.of(invoice.credits),
+        reverse_charge=invoice.reverse_charge,
+        conversion=conversion,
+        provider_id=invoice.provider_id,
+        provider_status=invoice.provider_status,
+        provider_total=(
+            None if invoice.provider_total is None else MoneyOut.of(invoice.provider_total)
+        ),
+        provider_document=invoice.provider_document,
+        last_error=invoice.last_error,
+        created_at=invoice.created_at,
+        updated_at=invoice.updated_at,
+        sent_at=invoice.sent_at,
+        paid_at=invoice.paid_at,
+    )
+
+
+def _line(line: InvoiceLine) -> LineOut:
+    return LineOut(
+        kind=line.kind,
+        description=line.description,
+        quantity=str(line.quantity),
+        per=str(line.per),
+        unit_price=MoneyOut.of(line.unit_price),
+        amount=MoneyOut.of(line.amount),
+        tax_rate=str(line.tax_rate),
+    )
