@@ -2,9 +2,10 @@
 (see ``hoodrun.jobs.POLICIES``) and when the scheduled ones are enqueued (``billing.schedule``).
 
 Scheduled (UTC): ``period-close`` of the month before on ``period_close_day`` at
-``period_close_hour``; ``subscription-renew`` hourly; ``fx-fetch`` daily at ``fx_fetch_hour`` (after
-TCMB's 15:30 Istanbul bulletin); ``reconcile`` every ``reconcile_every`` seconds; ``ledger-export``
-daily at ``ledger_export_hour`` (every day not exported yet); ``billing-sweep`` hourly.
+``period_close_hour``; ``subscription-renew`` hourly; ``reconcile`` every ``reconcile_every``
+seconds; ``ledger-export`` daily at ``ledger_export_hour`` (every day not exported yet);
+``billing-sweep`` hourly; ``fx-fetch`` daily at ``fx_fetch_hour`` (after TCMB's 15:30 Istanbul
+bulletin), only with Paraşüt enabled, the one consumer of TL rates.
 """
 
 from __future__ import annotations
@@ -111,18 +112,21 @@ def handlers(billing: Billing) -> dict[str, Handler]:
 def schedules(config: Config) -> list[Schedule]:
     """The billing schedules, as ``config.billing.schedule`` sets them."""
     schedule = config.billing.schedule
-    return [
+    found = [
         Schedule(
             "period-close",
             "period-close",
             monthly(schedule.period_close_day, schedule.period_close_hour),
         ),
         Schedule("subscription-renew", "subscription-renew", every(3600)),
-        Schedule("fx-fetch", "fx-fetch", daily(schedule.fx_fetch_hour)),
         Schedule("reconcile", "reconcile", every(schedule.reconcile_every)),
         Schedule("ledger-export", "ledger-export", daily(schedule.ledger_export_hour)),
         Schedule("billing-sweep", "billing-sweep", every(3600)),
     ]
+    if config.billing.parasut.enabled:
+        # Rates are needed to issue TL invoices (Paraşüt); the feed is not asked otherwise.
+        found.append(Schedule("fx-fetch", "fx-fetch", daily(schedule.fx_fetch_hour)))
+    return found
 
 
 def open_billing(
