@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -40,6 +41,9 @@ from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
 from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
 from hoodrun.telemetry.store import open_analytics
+
+if TYPE_CHECKING:
+    from hoodrun.billing.invoices import InvoiceBook
 
 __all__ = ["DEVNET_CHAINS", "Running", "run_platform", "run_worker", "start_devnet"]
 
@@ -162,6 +166,7 @@ async def run_platform(
                     else None
                 ),
                 accounts=(contracts, CreditBook(store)),
+                billing=_billing_api(config, store),
                 entitlements=OrgEntitlements(
                     lambda name: _plan_named(keys.config, name),  # as the gateway's Policy
                     keys.org_plan,
@@ -206,6 +211,30 @@ async def run_platform(
             ready(info)
         await stop.wait()
         log.info("stopping: finishing requests in flight")
+
+
+def _serve_metrics(listen: str, stack: AsyncExitStack) -> None:
+    """The worker's /metrics (jobs, billing, process), on a thread of prometheus_client's."""
+    from prometheus_client import start_http_server
+
+    host, port = parse_listen(listen)
+    server, thread = start_http_server(port, addr=host)
+    log.info("worker metrics on http://%s:%d/metrics", host, server.server_port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    stack.callback(stop)
+
+
+def _billing_api(config: Config, store: Store) -> tuple[InvoiceBook, JobQueue]:
+    """What the admin API's billing routes need: the invoices and the job queue."""
+    from hoodrun.billing.invoices import InvoiceBook
+    from hoodrun.billing.ledger import Ledger
+
+    return InvoiceBook(store, config, ledger=Ledger(store)), JobQueue(store)
 
 
 def _plan_named(config: Config, name: str | None) -> PlanConfig:
@@ -317,11 +346,11 @@ async def run_worker(
 
             await upgrade(config.database_url)  # creates the SQLite file's directory too
             store = await stack.enter_async_context(Store(config.database_url))
-            queue = JobQueue(store)
+            settings = config.billing.jobs
+            queue = JobQueue(store, backoff_base=settings.backoff_base, lease_margin=settings.lease)
             analytics = telemetry.store if telemetry is not None else None
             billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
             stack.push_async_callback(billing.aclose)
-            settings = config.billing.jobs
             worker = Worker(
                 queue,
                 billing_jobs.handlers(billing),
@@ -330,6 +359,8 @@ async def run_worker(
                 poll_interval=settings.poll_interval,
                 keep_done=timedelta(days=settings.keep_done_days),
             )
+        if config.billing.jobs.metrics_listen is not None and not burst:
+            _serve_metrics(config.billing.jobs.metrics_listen, stack)
         if ready is not None:
             ready(telemetry)
         if burst:

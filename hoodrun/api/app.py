@@ -41,6 +41,8 @@ from hoodrun.keys.service import KeyService
 from hoodrun.store import StoreUnavailable
 
 if TYPE_CHECKING:
+    from hoodrun.billing.invoices import InvoiceBook
+    from hoodrun.jobs import JobQueue
     from hoodrun.metering.entitlements import OrgEntitlements
     from hoodrun.metering.meters import MeterService
     from hoodrun.metering.store import ContractBook, CreditBook
@@ -95,6 +97,7 @@ def create_api_app(
     meters: MeterService | None = None,
     entitlements: OrgEntitlements | None = None,
     accounts: tuple[ContractBook, CreditBook] | None = None,
+    billing: tuple[InvoiceBook, JobQueue] | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -102,7 +105,9 @@ def create_api_app(
     ``reports`` gives the usage reports (``/api/v1/usage``) their analytics store, or ``None``
     while it is unavailable (503). ``meters`` adds OpenMeter's API (``/api/v1/events``,
     ``/api/v1/meters``; its errors are RFC 7807 problems). ``entitlements`` adds the check-access
-    API (``/api/v1/entitlements``); ``accounts`` (contracts and credits) their admin routes.
+    API (``/api/v1/entitlements``); ``accounts`` (contracts and credits) their admin routes;
+    ``billing`` (invoices and the job queue) the invoice and period-close routes, and Stripe's
+    webhook when ``billing.stripe.webhook_secret`` is set.
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -230,6 +235,13 @@ def create_api_app(
         from hoodrun.api.usage import usage_router
 
         app.include_router(usage_router(reports, token))
+    if billing is not None:
+        from hoodrun.api.billing import billing_router, stripe_webhook_router
+
+        app.include_router(billing_router(billing[0], token, billing[1]))
+        secret = config.billing.stripe.webhook_secret
+        if config.billing.stripe.enabled and secret:
+            app.include_router(stripe_webhook_router(billing[0], secret))
     if alerts is not None:
         from hoodrun.api.alerts import alerts_router
 

@@ -1,5 +1,11 @@
-"""Invoices in the admin API (``/admin/v1/invoices``), behind the admin token: list them, read
-one, and download its document as HTML or PDF.
+"""Billing in the admin API, behind the admin token: invoices (``/admin/v1/invoices``: list them,
+read one, download its document as HTML or PDF, refund a paid one) and period closes
+(``POST /admin/v1/billing/close``: a ``period-close`` job for the worker). Refunds and closes are
+jobs: the answer is 202 with the job, which the worker runs (``hoodrun jobs show ID``).
+
+Stripe's webhook (``POST /billing/v1/stripe/webhook``) is outside the admin token: Stripe signs
+it (``Stripe-Signature``, checked with ``billing.stripe.webhook_secret``); a bad signature is 400.
+An invoice event moves the invoice it names (paid, void, uncollectible) and records Stripe's total.
 
 Amounts are JSON strings with their currency (``{"amount": "12.34", "currency": "USD"}``), never
 numbers, so no client reads them through a float. Errors follow the admin API: 401 no or wrong
@@ -11,18 +17,28 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from hoodrun.api.app import ApiError, _bearer
 from hoodrun.api.models import ErrorOut
+from hoodrun.billing.close import InvalidPeriod, parse_period
 from hoodrun.billing.documents import render_html, render_pdf
-from hoodrun.billing.invoices import Invoice, InvoiceBook, InvoiceLine, InvoiceNotFound
-from hoodrun.metering.money import Money
+from hoodrun.billing.invoices import (
+    AdjustmentRefused,
+    Invoice,
+    InvoiceBook,
+    InvoiceLine,
+    InvoiceNotFound,
+)
+from hoodrun.billing.providers import ProviderRejected
+from hoodrun.billing.service import follow_remote
+from hoodrun.jobs import Job, JobQueue
+from hoodrun.metering.money import Money, MoneyError
 
-__all__ = ["billing_router"]
+__all__ = ["billing_router", "stripe_webhook_router"]
 
 InvoiceId = Annotated[str, Path(description="The invoice id (inv_...).")]
 Status = Literal["draft", "pending", "open", "paid", "void", "uncollectible"]
@@ -90,8 +106,31 @@ class InvoicesOut(BaseModel):
     invoices: list[InvoiceSummaryOut]
 
 
-def billing_router(invoices: InvoiceBook, token: str | None) -> APIRouter:
-    """The invoice routes; ``token`` is the admin bearer token (``None`` refuses every call)."""
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(id=job.id, kind=job.kind, status=job.status, payload=dict(job.payload))
+
+
+class CloseIn(BaseModel):
+    period: str
+
+
+class RefundIn(BaseModel):
+    amount: str
+    reason: str
+
+
+def billing_router(
+    invoices: InvoiceBook, token: str | None, queue: JobQueue | None = None
+) -> APIRouter:
+    """The invoice routes; ``token`` is the admin bearer token (``None`` refuses every call).
+    ``queue`` adds the routes that start jobs (closes, refunds)."""
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (401, 404, 422)
     }
@@ -153,6 +192,79 @@ def billing_router(invoices: InvoiceBook, token: str | None) -> APIRouter:
         return Response(
             pdf, media_type="application/pdf", headers={"Content-Disposition": disposition}
         )
+
+    if queue is None:
+        return router
+
+    @router.post("/{invoice_id}/refunds", status_code=202)
+    async def refund(invoice_id: InvoiceId, body: RefundIn) -> JobOut:
+        """Refund part or all of a paid invoice: recorded now, paid back by a job."""
+        invoice = await found(invoice_id)
+        try:
+            amount = Money.of(body.amount, invoice.currency)
+            recorded = await invoices.add_refund(invoice.id, amount, body.reason, actor="admin")
+        except (AdjustmentRefused, MoneyError, ArithmeticError, ValueError) as exc:
+            raise ApiError(400, "refund_refused", str(exc)) from None
+        job = await queue.enqueue(
+            "refund-process",
+            {"refund_id": recorded.id},
+            idempotency_key=f"refund-process:{recorded.id}",
+            actor="admin",
+        )
+        return JobOut.of(job)
+
+    closes = APIRouter(
+        prefix="/admin/v1/billing",
+        tags=["billing"],
+        dependencies=[Depends(_bearer(token))],
+        responses=errors,
+    )
+
+    @closes.post("/close", status_code=202)
+    async def close(body: CloseIn) -> JobOut:
+        """Close a month (``YYYY-MM``): a period-close job (once per period), which makes the
+        snapshots and then the invoices."""
+        try:
+            parse_period(body.period)
+        except InvalidPeriod as exc:
+            raise ApiError(400, "invalid_period", str(exc)) from None
+        job = await queue.enqueue(
+            "period-close",
+            {"period": body.period},
+            idempotency_key=f"period-close:{body.period}",
+            actor="admin",
+        )
+        return JobOut.of(job)
+
+    outer = APIRouter()
+    outer.include_router(router)
+    outer.include_router(closes)
+    return outer
+
+
+def stripe_webhook_router(invoices: InvoiceBook, secret: str) -> APIRouter:
+    """``POST /billing/v1/stripe/webhook``: Stripe's invoice events (see the module)."""
+    from hoodrun.billing.providers.stripe import parse_webhook
+
+    router = APIRouter(tags=["billing"])
+
+    @router.post("/billing/v1/stripe/webhook")
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        payload = await request.body()
+        try:
+            event = parse_webhook(payload, request.headers.get("stripe-signature", ""), secret)
+        except ProviderRejected as exc:
+            raise ApiError(400, "invalid_signature", str(exc)) from None
+        if event is None or event.number is None:
+            return JSONResponse({"received": True, "applied": False})
+        try:
+            invoice = await invoices.by_number(event.number)
+        except InvoiceNotFound:
+            return JSONResponse({"received": True, "applied": False})
+        if invoice.provider_id != event.invoice.provider_id:
+            return JSONResponse({"received": True, "applied": False})
+        after = await follow_remote(invoices, invoice, event.invoice.status, event.invoice.total)
+        return JSONResponse({"received": True, "applied": True, "status": after.status})
 
     return router
 

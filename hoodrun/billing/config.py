@@ -143,6 +143,19 @@ class JobsConfig(_Model):
     concurrency: int = Field(default=4, ge=1, description="Jobs one worker runs at once.")
     poll_interval: float = Field(default=1.0, gt=0, description="Seconds between empty polls.")
     keep_done_days: int = Field(default=30, ge=1)
+    lease: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a running job's lease lasts (renewed while it runs): how long the "
+        "job of a worker that died waits before another worker takes it.",
+    )
+    backoff_base: float = Field(
+        default=5.0, gt=0, description="Seconds of the first retry's backoff (doubling)."
+    )
+    metrics_listen: str | None = Field(
+        default=None,
+        description="host:port where the worker serves /metrics (job and billing metrics).",
+    )
 
 
 class BillingConfig(_Model):

@@ -60,7 +60,7 @@ from hoodrun.store import Store, write_audit
 from hoodrun.store.tables import billing_accounts, contracts, invoices, orgs
 from hoodrun.telemetry.store import AnalyticsStore
 
-__all__ = ["Billing", "open_providers", "provider_for"]
+__all__ = ["Billing", "follow_remote", "open_providers", "provider_for"]
 
 log = logging.getLogger("hoodrun.billing")
 
@@ -96,6 +96,30 @@ def open_providers(config: Config) -> dict[str, BillingProvider]:
 
         providers["parasut"] = ParasutProvider(config.billing.parasut)
     return providers
+
+
+async def follow_remote(
+    book: InvoiceBook, invoice: Invoice, status: str, total: Decimal | None = None
+) -> Invoice:
+    """Follow what the provider says of an issued invoice (the payment job, a webhook): its
+    total as the provider has it, and paid, void or uncollectible. Saying it again changes
+    nothing; an invoice not issued yet is left to its sending."""
+    if invoice.status not in ("open", "paid"):
+        return invoice
+    if total is not None and (
+        invoice.provider_total is None or invoice.provider_total.amount != total
+    ):
+        invoice = await book.record_provider_total(
+            invoice.id, Money(total, invoice.currency), status
+        )
+    if invoice.status == "open":
+        if status == "paid":
+            return await book.mark_paid(invoice.id)
+        if status == "void":
+            return await book.mark_void(invoice.id)
+        if status == "uncollectible":
+            return await book.mark_uncollectible(invoice.id)
+    return invoice
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,26 +374,10 @@ class Billing:
             raise Retry(f"{provider.name} unreachable: {exc}") from exc
         except ProviderRejected as exc:  # a declined card: the customer pays later
             raise Retry(f"payment of {invoice.number} refused: {exc}", delay=3600) from exc
-        return await self.apply_remote_status(invoice, remote.status, remote.total)
-
-    async def apply_remote_status(
-        self, invoice: Invoice, status: str, total: Decimal | None = None
-    ) -> Invoice:
-        """Follow what the provider says of an invoice (payment job, webhook)."""
-        if total is not None and invoice.status in ("open", "paid"):
-            if invoice.provider_total is None or invoice.provider_total.amount != total:
-                invoice = await self.invoices.record_provider_total(
-                    invoice.id, Money(total, invoice.currency), status
-                )
-        if status == "paid" and invoice.status == "open":
-            return await self.invoices.mark_paid(invoice.id)
-        if status == "void" and invoice.status == "open":
-            return await self.invoices.mark_void(invoice.id)
-        if status == "uncollectible" and invoice.status == "open":
-            return await self.invoices.mark_uncollectible(invoice.id)
-        if status == "open" and invoice.status == "open":
+        followed = await follow_remote(self.invoices, invoice, remote.status, remote.total)
+        if followed.status == "open":
             raise Retry(f"invoice {invoice.number} is not paid yet", delay=6 * 3600)
-        return invoice
+        return followed
 
     async def process_refund(self, refund_id: str) -> dict[str, Any]:
         """Pay back a refund recorded on a paid invoice, once (its id is the idempotency key)."""

@@ -9,11 +9,13 @@ rows); on SQLite the claim is a write transaction, which starts with ``BEGIN IMM
 holds the database's only write lock from its first read. On both, each row is taken by a
 conditional ``UPDATE ... WHERE status = <as read>`` whose returned row proves the claim.
 
-A claimed job carries a lease: ``locked_by`` and ``locked_until`` (now + the job's timeout + a
-margin), renewed by the worker's heartbeat while the handler runs. A worker that dies leaves the
-lease to expire; the next claim takes the job again and counts the lost run as an attempt (a job
-out of attempts goes dead instead). A lease written by one host is judged by another's clock:
-hosts must agree on the time to well within the margin (NTP does).
+A claimed job carries a lease: ``locked_by`` and ``locked_until`` (now + ``lease`` seconds),
+renewed by the worker's heartbeat (every third of it) while the handler runs; the job's timeout
+is the worker's to enforce. The lease is short (a minute by default) whatever the timeout, so a
+worker that dies mid-job (SIGKILL, a lost host) holds its job only until the lease expires: the
+next claim takes the job again and counts the lost run as an attempt (a job out of attempts goes
+dead instead). A lease written by one host is judged by another's clock: hosts must agree on the
+time to well within the lease (NTP does).
 
 Failed attempts wait an exponential backoff with full jitter before the next: a random delay
 between 0 and ``min(cap, base * 2 ** (attempts - 1))``, so jobs that failed together (a provider
@@ -72,7 +74,7 @@ class JobQueue:
     """Enqueue, claim and settle jobs; inspect and repair them (retry, cancel, prune).
 
     ``policies`` are the kinds this queue knows (default: HoodRun's). ``rng`` draws the backoff
-    jitter (seed one in tests). ``lease_margin``: seconds a lease lasts beyond the job's timeout.
+    jitter (seed one in tests). ``lease_margin``: seconds a lease lasts, renewed by heartbeats.
     """
 
     def __init__(
@@ -83,7 +85,7 @@ class JobQueue:
         rng: random.Random | None = None,
         backoff_base: float = 5.0,
         backoff_cap: float = 3600.0,
-        lease_margin: float = 30.0,
+        lease_margin: float = 60.0,
         policies: Mapping[str, JobPolicy] = POLICIES,
     ) -> None:
         if backoff_base <= 0 or backoff_cap < backoff_base:
@@ -247,8 +249,7 @@ class JobQueue:
                     "status": RUNNING,
                     "attempts": candidate.attempts + 1,
                     "locked_by": worker_id,
-                    "locked_until": now
-                    + timedelta(seconds=candidate.timeout_seconds + self.lease_margin),
+                    "locked_until": now + timedelta(seconds=self.lease_margin),
                     "updated_at": now,
                 }
                 if candidate.status == RUNNING:
@@ -327,10 +328,10 @@ class JobQueue:
         )
 
     async def heartbeat(self, job: Job, worker_id: str) -> bool:
-        """Renew the lease (now + timeout + margin); ``False`` if the worker no longer holds it
+        """Renew the lease (now + ``lease_margin``); ``False`` if the worker no longer holds it
         (it expired and another worker took the job, or the job was cancelled)."""
         now = self.clock()
-        until = now + timedelta(seconds=job.timeout_seconds + self.lease_margin)
+        until = now + timedelta(seconds=self.lease_margin)
         stmt = (
             update(jobs)
             .where(self._held(job, worker_id))
