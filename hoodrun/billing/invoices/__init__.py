@@ -1,0 +1,742 @@
+"""Invoices: made from a period's closing snapshot, numbered, converted, credited, and moved
+through their states, every change audited in the transaction that makes it.
+
+This module holds the ``InvoiceBook`` and the package's public names. How a snapshot becomes an
+invoice's lines and totals (the snapshot's format, rounding, conversion) is in ``_building``;
+credit notes and refunds in ``_adjustments``; the values, errors and what callers pass in
+``_values``.
+
+States
+    ``draft`` (made, not sent) → ``open`` (issued by the provider) → ``paid`` | ``void`` |
+    ``uncollectible``. ``pending`` while the provider cannot be reached: the job queue retries
+    the sending, and the provider makes its invoice exactly once per number (see
+    ``hoodrun.billing.providers``). A draft, pending or open invoice can be voided. Anything else
+    is an ``InvalidTransition``. Repeating a transition an invoice already made (a webhook
+    delivered twice, a retried job) changes nothing.
+
+Numbers
+    ``{prefix}-{year}-{sequence}`` (``HR-2026-000001``), per year of the issue date, without
+    gaps: the number is taken inside the transaction that inserts the invoice (the highest of
+    the year plus one), and a transaction that loses the race to another one (the unique
+    number) starts again.
+
+Credits, exactly once
+    The org's credits are spent after the invoice exists, by the ``credits`` callable (one
+    call, the invoice's number as the reference), and the credit line is added in a second
+    step. A crash between the two leaves the credits spent and the invoice without its credit
+    line; the retry (``create_from_snapshot`` again, which returns the existing invoice) finds
+    the spend in ``credit_ledger`` by that reference and records it instead of spending again.
+    So the callable must write ``reference`` on its ledger rows (``CreditBook.consume`` does).
+    The credit line is added even when the credits paid nothing, so the credits are never
+    asked twice. Two processes completing the same invoice at once are kept apart by a lock on
+    the invoice row held across the spending (PostgreSQL); SQLite, one machine, by a lock in
+    the process and a check before the credit line is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import localcontext
+from typing import Any
+
+from sqlalchemy import RowMapping, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hoodrun.billing.invoices._adjustments import CreditNote, InvoiceAdjustments, Refund
+from hoodrun.billing.invoices._building import _build, _Built
+from hoodrun.billing.invoices._values import (
+    _ONE,
+    AdjustmentRefused,
+    BillingAccount,
+    CreditsLike,
+    CurrencyError,
+    FxQuoteLike,
+    InvalidTransition,
+    Invoice,
+    InvoiceError,
+    InvoiceLine,
+    InvoiceNotFound,
+    InvoiceStatus,
+    LedgerLike,
+    NumberingConflict,
+    SnapshotInvalid,
+    SnapshotNotFound,
+    _either,
+    _invoice,
+    _line_json,
+    _mul,
+)
+
+# Public names outside ``__all__``, importable from here as before.
+from hoodrun.billing.invoices._values import PROVIDERS as PROVIDERS
+from hoodrun.billing.invoices._values import STATUSES as STATUSES
+from hoodrun.billing.invoices._values import Provider as Provider
+from hoodrun.billing.providers import InvoiceDraft, InvoiceLineDraft
+from hoodrun.config import Config
+from hoodrun.metering.money import Money, round_line
+from hoodrun.store import Store, new_id, write_audit
+from hoodrun.store.tables import (
+    billing_accounts,
+    closing_snapshots,
+    credit_grants,
+    credit_ledger,
+    invoices,
+    orgs,
+)
+
+__all__ = [
+    "AdjustmentRefused",
+    "BillingAccount",
+    "CreditNote",
+    "CreditsLike",
+    "CurrencyError",
+    "FxQuoteLike",
+    "InvalidTransition",
+    "Invoice",
+    "InvoiceBook",
+    "InvoiceError",
+    "InvoiceLine",
+    "InvoiceNotFound",
+    "InvoiceStatus",
+    "LedgerLike",
+    "NumberingConflict",
+    "Refund",
+    "SnapshotInvalid",
+    "SnapshotNotFound",
+]
+
+# Where each state can be reached from.
+_ALLOWED: dict[str, frozenset[str]] = {
+    "pending": frozenset({"draft", "pending"}),
+    "open": frozenset({"draft", "pending"}),
+    "paid": frozenset({"open"}),
+    "void": frozenset({"draft", "pending", "open"}),
+    "uncollectible": frozenset({"open"}),
+}
+# Providers that compute VAT line by line: their invoices carry the tax rounded per line.
+_PER_LINE_TAX = frozenset({"parasut"})
+_NUMBER_ATTEMPTS = 50
+_ERROR_LENGTH = 2000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the book ------------------------------------------------------------------------------------
+
+
+class InvoiceBook(InvoiceAdjustments):
+    """Invoices in the business store: make them from snapshots, move them, read them.
+
+    ``ledger`` (optional) gets an entry in the transaction of each money event: an invoice
+    issued (``invoice.issued``), paid (``payment.received``), voided once issued
+    (``invoice.voided``), all three of the invoice's total; a credit note issued
+    (``credit_note.issued``) and a refund paid (``refund.issued``), of their amounts. The
+    reference is the invoice's id (the credit note's or refund's for those). Credits spent on
+    an invoice are the spender's entry (``CreditBook.consume``), not this book's.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        ledger: LedgerLike | None = None,
+    ) -> None:
+        self._store = store
+        self.config = config
+        self._clock = clock
+        self._ledger = ledger
+        self._credit_lock = asyncio.Lock()
+
+    # --- making --------------------------------------------------------------------------------
+
+    async def create_from_snapshot(
+        self,
+        snapshot_id: str,
+        *,
+        provider: str,
+        currency: str | None = None,
+        fx: FxQuoteLike | None = None,
+        credits: CreditsLike | None = None,
+        issue_date: date | None = None,
+        actor: str = "billing",
+    ) -> Invoice:
+        """The invoice of the snapshot, made as a draft if there is none yet (see the module).
+
+        ``currency`` (default: the snapshot's) is what the invoice is issued in; another one
+        needs ``fx`` from the snapshot's currency to it. ``credits`` spends the org's credit on
+        the invoice once. Calling again returns the same invoice (and completes its credits if
+        a crash interrupted them).
+        """
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider {provider!r}: use one of {', '.join(PROVIDERS)}")
+        if currency is not None and not re.fullmatch(r"[A-Z]{3}", currency):
+            raise CurrencyError(f"currency {currency!r}: an ISO 4217 code like TRY")
+        issued = issue_date if issue_date is not None else self._clock().date()
+        invoice = await self._create(snapshot_id, provider, currency, fx, issued, actor)
+        if credits is not None and _credits_due(invoice):
+            invoice = await self._apply_credits(invoice, credits, actor)
+        return invoice
+
+    async def _create(
+        self,
+        snapshot_id: str,
+        provider: str,
+        currency: str | None,
+        fx: FxQuoteLike | None,
+        issued: date,
+        actor: str,
+    ) -> Invoice:
+        for _ in range(_NUMBER_ATTEMPTS):
+            try:
+                async with self._store.transaction() as conn:
+                    snapshot = await self._locked_snapshot(conn, snapshot_id)
+                    existing = await self._select_one(conn, invoices.c.snapshot_id == snapshot_id)
+                    if existing is not None:
+                        return existing
+                    built = _build(
+                        snapshot,
+                        currency or snapshot["currency"],
+                        fx,
+                        per_line_tax=provider in _PER_LINE_TAX,
+                    )
+                    number = await self._next_number(conn, issued.year)
+                    return await self._insert(
+                        conn, snapshot, built, number, provider, fx, issued, actor
+                    )
+            except IntegrityError as exc:
+                if not _number_taken(exc):
+                    raise
+                # Another transaction took the number first: take the next one.
+        raise NumberingConflict(
+            f"no invoice number for snapshot {snapshot_id} after {_NUMBER_ATTEMPTS} attempts"
+        )
+
+    async def _locked_snapshot(self, conn: AsyncConnection, snapshot_id: str) -> RowMapping:
+        stmt = select(closing_snapshots).where(closing_snapshots.c.id == snapshot_id)
+        row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            raise SnapshotNotFound(f"no closing snapshot {snapshot_id!r}")
+        # One invoice per snapshot, with no unique column to say so: making invoices of one org
+        # is serialized on its row (FOR NO KEY UPDATE, which leaves the org's other foreign keys
+        # free; SQLite's write transaction already holds the database's write lock).
+        await conn.execute(
+            select(orgs.c.id).where(orgs.c.id == row["org_id"]).with_for_update(key_share=True)
+        )
+        return row
+
+    async def _next_number(self, conn: AsyncConnection, year: int) -> str:
+        prefix = f"{self.config.billing.invoice_prefix}-{year}-"
+        # The prefix is [A-Z0-9-]: no LIKE wildcards. A number of this series has no dash after
+        # the prefix; ``NOT LIKE`` leaves out another prefix that starts like this one.
+        # Longest first, so that 1000000 comes after 999999.
+        stmt = (
+            select(invoices.c.number)
+            .where(invoices.c.number.like(f"{prefix}%"))
+            .where(invoices.c.number.not_like(f"{prefix}%-%"))
+            .order_by(func.length(invoices.c.number).desc(), invoices.c.number.desc())
+            .limit(1)
+        )
+        last = await conn.scalar(stmt)
+        sequence = 1
+        if last is not None:
+            tail = last[len(prefix) :]
+            if not tail.isdigit():
+                raise InvoiceError(f"invoice number {last!r} does not end in a sequence number")
+            sequence = int(tail) + 1
+        return f"{prefix}{sequence:06d}"
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        snapshot: RowMapping,
+        built: _Built,
+        number: str,
+        provider: str,
+        fx: FxQuoteLike | None,
+        issued: date,
+        actor: str,
+    ) -> Invoice:
+        now = self._clock()
+        invoice_id = new_id("inv")
+        values: dict[str, Any] = {
+            "id": invoice_id,
+            "number": number,
+            "org_id": snapshot["org_id"],
+            "snapshot_id": snapshot["id"],
+            "period": snapshot["period"],
+            "status": "draft",
+            "currency": built.subtotal.currency,
+            "lines": built.lines_json,
+            "subtotal": built.subtotal.amount,
+            "tax": built.tax.amount,
+            "credits": built.credits.amount,
+            "total": built.total.amount,
+            "issue_date": issued,
+            "due_date": issued + timedelta(days=self.config.billing.days_until_due),
+            "provider": provider,
+            "created_at": now,
+            "updated_at": now,
+        }
+        if built.original_total is not None and fx is not None:
+            values |= {
+                "original_currency": built.original_total.currency,
+                "original_total": built.original_total.amount,
+                "fx_rate": fx.rate,
+                "fx_source": fx.source,
+                "fx_date": fx.day,
+            }
+        await conn.execute(insert(invoices).values(**values))
+        await write_audit(
+            conn,
+            at=now,
+            actor=actor,
+            action="invoice.create",
+            target_type="invoice",
+            target_id=invoice_id,
+            details={
+                "number": number,
+                "snapshot": snapshot["id"],
+                "org": snapshot["org_id"],
+                "currency": built.total.currency,
+                "total": str(built.total.amount),
+                "provider": provider,
+            },
+        )
+        return await self._read(conn, invoice_id)
+
+    # --- credits -------------------------------------------------------------------------------
+
+    async def _apply_credits(self, invoice: Invoice, credits: CreditsLike, actor: str) -> Invoice:
+        if self._store.dialect == "postgresql":
+            # The invoice row stays locked while the credits are spent (on another connection,
+            # which never touches it): a second process waits, then finds the credit line.
+            async with self._store.transaction() as conn:
+                current = await self._locked(conn, invoice.id)
+                if not _credits_due(current):
+                    return current
+                paid = await self._credit_paid(current, credits)
+                return await self._record_credits(conn, current, paid, actor)
+        # SQLite: spending takes the database's write lock, so no transaction can stay open
+        # around it; this process's callers take turns, and the row is checked again before the
+        # credit line is written.
+        async with self._credit_lock:
+            current = await self.get(invoice.id)
+            if not _credits_due(current):
+                return current
+            paid = await self._credit_paid(current, credits)
+            async with self._store.transaction() as conn:
+                again = await self._locked(conn, invoice.id)
+                if not _credits_due(again):
+                    raise InvoiceError(
+                        f"invoice {again.number} changed while its credits were spent: check "
+                        f"credit_ledger rows with reference {again.number}"
+                    )
+                return await self._record_credits(conn, again, paid, actor)
+
+    async def _credit_paid(self, invoice: Invoice, credits: CreditsLike) -> Money:
+        """What credit paid: the spend already recorded under the invoice's number, if any (a
+        crash came between spending and recording), else what spending now pays."""
+        paid = await self._spent(invoice)
+        if paid is None:
+            paid = await credits(invoice.org_id, invoice.total, invoice.number)
+        if not isinstance(paid, Money) or paid.currency != invoice.currency:
+            raise InvoiceError(
+                f"the credits paid {paid} on invoice {invoice.number}, in {invoice.currency}"
+            )
+        if paid.amount < 0 or paid > invoice.total or not paid.is_rounded():
+            raise InvoiceError(
+                f"the credits paid {paid} on invoice {invoice.number}, whose total is "
+                f"{invoice.total}: check credit_ledger rows with reference {invoice.number}"
+            )
+        return paid
+
+    async def _spent(self, invoice: Invoice) -> Money | None:
+        """The credit spent under the invoice's number, ``None`` when nothing was."""
+        stmt = (
+            select(credit_ledger.c.amount, credit_grants.c.currency)
+            .join(credit_grants, credit_grants.c.id == credit_ledger.c.grant_id)
+            .where(credit_ledger.c.reference == invoice.number)
+            .where(credit_grants.c.org_id == invoice.org_id)
+        )
+        async with self._store.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        # Amounts are compared in Python: SQLite stores them as text.
+        spends = [(-amount, currency) for amount, currency in rows if amount < 0]
+        if not spends:
+            return None
+        spent = Money.zero(invoice.currency)
+        for amount, currency in spends:
+            if currency == invoice.currency:
+                spent += Money(amount, currency)
+            elif currency == invoice.original_currency and invoice.fx_rate is not None:
+                converted = _mul(amount, invoice.fx_rate)
+                spent += Money(round_line(converted, invoice.currency), invoice.currency)
+            else:
+                raise InvoiceError(
+                    f"credit spent on invoice {invoice.number} is in {currency}, neither the "
+                    f"invoice's currency nor its original one"
+                )
+        return spent
+
+    async def _record_credits(
+        self, conn: AsyncConnection, invoice: Invoice, paid: Money, actor: str
+    ) -> Invoice:
+        now = self._clock()
+        description = "credit applied" if paid.amount > 0 else "credit: none available"
+        line = InvoiceLine("credit", description, _ONE, paid, paid)
+        # The stored lines as they are (with their marks), and the credit line marked as the
+        # one that asked the credits.
+        stored = await conn.scalar(select(invoices.c.lines).where(invoices.c.id == invoice.id))
+        lines = [*(stored or []), {**_line_json(line), "consumed": True}]
+        await conn.execute(
+            update(invoices)
+            .where(invoices.c.id == invoice.id)
+            .values(
+                lines=lines,
+                credits=(invoice.credits + paid).amount,
+                total=(invoice.total - paid).amount,
+                updated_at=now,
+            )
+        )
+        await write_audit(
+            conn,
+            at=now,
+            actor=actor,
+            action="invoice.credits",
+            target_type="invoice",
+            target_id=invoice.id,
+            details={"number": invoice.number, "paid": str(paid.amount), "currency": paid.currency},
+        )
+        # The spend's ledger entry (credits.consumed) is the spender's, written with the spend.
+        return await self._read(conn, invoice.id)
+
+    # --- transitions ---------------------------------------------------------------------------
+
+    async def mark_pending(self, invoice_id: str, error: str, *, actor: str = "billing") -> Invoice:
+        """The provider could not be reached: the invoice waits to be sent again."""
+        return await self._transition(
+            invoice_id,
+            "pending",
+            actor=actor,
+            values={"last_error": error[:_ERROR_LENGTH]},
+            details={"error": error[:200]},
+        )
+
+    async def mark_sent(
+        self,
+        invoice_id: str,
+        provider_id: str,
+        provider_status: str,
+        provider_total: Money,
+        document_id: str | None = None,
+        *,
+        actor: str = "billing",
+    ) -> Invoice:
+        """The provider issued the invoice: it is ``open``. Again with the same ``provider_id``
+        changes nothing; an open invoice cannot be sent as another provider invoice."""
+
+        def done(invoice: Invoice) -> bool:
+            if invoice.status != "open":
+                return False
+            if invoice.provider_id != provider_id:
+                raise InvalidTransition(
+                    f"invoice {invoice.number} is already open as {invoice.provider_id}, "
+                    f"not {provider_id}"
+                )
+            return True
+
+        return await self._transition(
+            invoice_id,
+            "open",
+            actor=actor,
+            done=done,
+            check=lambda invoice: _same_currency(invoice, provider_total, "the provider's total"),
+            values={
+                "provider_id": provider_id,
+                "provider_status": provider_status,
+                "provider_total": provider_total.amount,
+                "provider_document": document_id,
+                "last_error": None,
+                "sent_at": self._clock(),
+            },
+            details={"provider_id": provider_id, "provider_total": str(provider_total.amount)},
+            ledger=("invoice.issued", frozenset({"draft", "pending"})),
+        )
+
+    async def mark_paid(
+        self, invoice_id: str, paid_at: datetime | None = None, *, actor: str = "billing"
+    ) -> Invoice:
+        """The open invoice was paid (at ``paid_at``, default now)."""
+        at = paid_at if paid_at is not None else self._clock()
+        if at.utcoffset() is None:
+            raise ValueError("paid_at must be timezone-aware")
+        return await self._transition(
+            invoice_id,
+            "paid",
+            actor=actor,
+            values={"paid_at": at.astimezone(UTC)},
+            details={"paid_at": at.isoformat()},
+            ledger=("payment.received", frozenset({"open"})),
+        )
+
+    async def mark_void(self, invoice_id: str, *, actor: str = "billing") -> Invoice:
+        """Cancel the invoice (a draft, a pending one, or an open one the provider voided)."""
+        return await self._transition(
+            invoice_id, "void", actor=actor, ledger=("invoice.voided", frozenset({"open"}))
+        )
+
+    async def mark_uncollectible(self, invoice_id: str, *, actor: str = "billing") -> Invoice:
+        """Give up collecting the open invoice."""
+        return await self._transition(invoice_id, "uncollectible", actor=actor)
+
+    async def record_provider_total(
+        self, invoice_id: str, total: Money, status: str, *, actor: str = "billing"
+    ) -> Invoice:
+        """What the provider now says of the invoice (reconciliation); the state is unchanged."""
+        async with self._store.transaction() as conn:
+            invoice = await self._locked(conn, invoice_id)
+            _same_currency(invoice, total, "the provider's total")
+            now = self._clock()
+            await conn.execute(
+                update(invoices)
+                .where(invoices.c.id == invoice_id)
+                .values(provider_total=total.amount, provider_status=status, updated_at=now)
+            )
+            await write_audit(
+                conn,
+                at=now,
+                actor=actor,
+                action="invoice.provider_total",
+                target_type="invoice",
+                target_id=invoice_id,
+                details={"number": invoice.number, "total": str(total.amount), "status": status},
+            )
+            return await self._read(conn, invoice_id)
+
+    async def _transition(
+        self,
+        invoice_id: str,
+        target: InvoiceStatus,
+        *,
+        actor: str,
+        values: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+        done: Callable[[Invoice], bool] | None = None,
+        check: Callable[[Invoice], None] | None = None,
+        ledger: tuple[str, frozenset[str]] | None = None,
+    ) -> Invoice:
+        """Move the invoice to ``target`` in one transaction with its audit row (and ledger
+        entry, when ``ledger``'s kind applies from the current state). ``done`` says the change
+        was already made (default: the invoice is in ``target`` and ``target`` is final)."""
+        async with self._store.transaction() as conn:
+            current = await self._locked(conn, invoice_id)
+            already = done(current) if done is not None else _final(current, target)
+            if already:
+                return current
+            if current.status not in _ALLOWED[target]:
+                raise InvalidTransition(
+                    f"invoice {current.number} is {current.status}: only a "
+                    f"{_either(sorted(_ALLOWED[target]))} invoice can become {target}"
+                )
+            if check is not None:
+                check(current)
+            now = self._clock()
+            await conn.execute(
+                update(invoices)
+                .where(invoices.c.id == invoice_id)
+                .values(status=target, updated_at=now, **(values or {}))
+            )
+            await write_audit(
+                conn,
+                at=now,
+                actor=actor,
+                action=f"invoice.{target}",
+                target_type="invoice",
+                target_id=invoice_id,
+                details={
+                    "number": current.number,
+                    "from": current.status,
+                    "to": target,
+                    **(details or {}),
+                },
+            )
+            updated = await self._read(conn, invoice_id)
+            if ledger is not None and current.status in ledger[1]:
+                await self._tell_ledger(conn, ledger[0], current, current.id, current.total)
+            return updated
+
+    async def _tell_ledger(
+        self, conn: AsyncConnection, kind: str, invoice: Invoice, reference: str, amount: Money
+    ) -> None:
+        """The ledger entry of a change, in its transaction (the ledger's lock is held from here
+        to the commit, so this is the transaction's last step)."""
+        if self._ledger is not None:
+            details = {"invoice": invoice.id, "number": invoice.number, "period": invoice.period}
+            await self._ledger.append(kind, invoice.org_id, reference, amount, details, conn=conn)
+
+    # --- the provider's view -------------------------------------------------------------------
+
+    def draft(self, invoice: Invoice, *, tax_name: str, reverse_charge: bool) -> InvoiceDraft:
+        """What a provider is sent: the lines without tax lines (each with its tax rate; the
+        deductions negative; a credit line that paid nothing left out) and HoodRun's totals."""
+        lines = tuple(
+            _draft_line(line)
+            for line in invoice.lines
+            if line.kind != "tax" and not (line.kind == "credit" and line.amount.is_zero())
+        )
+        metadata = {
+            "invoice_id": invoice.id,
+            "number": invoice.number,
+            "org_id": invoice.org_id,
+            "period": invoice.period,
+        }
+        if invoice.snapshot_id is not None:
+            metadata["snapshot_id"] = invoice.snapshot_id
+        if invoice.original_total is not None:
+            metadata |= {
+                "original_currency": invoice.original_total.currency,
+                "original_total": str(invoice.original_total.amount),
+                "fx_rate": str(invoice.fx_rate),
+                "fx_source": str(invoice.fx_source),
+                "fx_date": str(invoice.fx_date),
+            }
+        return InvoiceDraft(
+            invoice_id=invoice.id,
+            number=invoice.number,
+            currency=invoice.currency,
+            issue_date=invoice.issue_date,
+            due_date=invoice.due_date,
+            period=invoice.period,
+            description=f"{self.config.billing.issuer.name}: {invoice.period}",
+            lines=lines,
+            subtotal=invoice.subtotal.amount,
+            tax=invoice.tax.amount,
+            credits=invoice.credits.amount,
+            total=invoice.total.amount,
+            tax_name=tax_name,
+            reverse_charge=reverse_charge,
+            exchange_rate=invoice.fx_rate,
+            metadata=metadata,
+        )
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def get(self, invoice_id: str) -> Invoice:
+        async with self._store.connect() as conn:
+            found = await self._select_one(conn, invoices.c.id == invoice_id)
+        if found is None:
+            raise InvoiceNotFound(f"no invoice {invoice_id!r}")
+        return found
+
+    async def by_number(self, number: str) -> Invoice:
+        async with self._store.connect() as conn:
+            found = await self._select_one(conn, invoices.c.number == number)
+        if found is None:
+            raise InvoiceNotFound(f"no invoice numbered {number!r}")
+        return found
+
+    async def for_snapshot(self, snapshot_id: str) -> Invoice | None:
+        async with self._store.connect() as conn:
+            return await self._select_one(conn, invoices.c.snapshot_id == snapshot_id)
+
+    async def account(self, org_id: str) -> BillingAccount | None:
+        """The org's billing account, if it has one."""
+        stmt = select(billing_accounts).where(billing_accounts.c.org_id == org_id)
+        async with self._store.connect() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            return None
+        return BillingAccount(**{k: v for k, v in row.items() if k != "updated_at"})
+
+    async def org_name(self, org_id: str) -> str:
+        """The org's name (its id when the org is gone)."""
+        async with self._store.connect() as conn:
+            name = await conn.scalar(select(orgs.c.name).where(orgs.c.id == org_id))
+        return name if name is not None else org_id
+
+    async def list(
+        self,
+        org_id: str | None = None,
+        status: str | None = None,
+        period: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Invoice]:
+        """Invoices, the newest first, optionally of one org, state and period."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+        stmt = select(invoices).order_by(invoices.c.created_at.desc(), invoices.c.number.desc())
+        if org_id is not None:
+            stmt = stmt.where(invoices.c.org_id == org_id)
+        if status is not None:
+            stmt = stmt.where(invoices.c.status == status)
+        if period is not None:
+            stmt = stmt.where(invoices.c.period == period)
+        async with self._store.connect() as conn:
+            rows = await conn.execute(stmt.limit(limit))
+            return [_invoice(row) for row in rows.mappings()]
+
+    async def _select_one(self, conn: AsyncConnection, where: Any) -> Invoice | None:
+        row = (await conn.execute(select(invoices).where(where).limit(1))).mappings().first()
+        return None if row is None else _invoice(row)
+
+    async def _locked(self, conn: AsyncConnection, invoice_id: str) -> Invoice:
+        stmt = select(invoices).where(invoices.c.id == invoice_id).with_for_update()
+        row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            raise InvoiceNotFound(f"no invoice {invoice_id!r}")
+        return _invoice(row)
+
+    async def _read(self, conn: AsyncConnection, invoice_id: str) -> Invoice:
+        found = await self._select_one(conn, invoices.c.id == invoice_id)
+        if found is None:
+            raise InvoiceNotFound(f"no invoice {invoice_id!r}")
+        return found
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _credits_due(invoice: Invoice) -> bool:
+    return invoice.status == "draft" and not invoice.credits_applied and invoice.total.amount > 0
+
+
+def _final(invoice: Invoice, target: str) -> bool:
+    return invoice.status == target and target in ("paid", "void", "uncollectible")
+
+
+def _same_currency(invoice: Invoice, amount: Money, what: str) -> None:
+    if amount.currency != invoice.currency:
+        raise CurrencyError(
+            f"{what} is in {amount.currency}; invoice {invoice.number} is in {invoice.currency}"
+        )
+
+
+def _draft_line(line: InvoiceLine) -> InvoiceLineDraft:
+    sign = -1 if line.deduction else 1
+    with localcontext() as ctx:
+        ctx.prec = 28  # a unit price per single unit: enough digits, never a runaway fraction
+        unit = (line.unit_price.amount / line.per).normalize() * sign
+    return InvoiceLineDraft(
+        description=line.description,
+        quantity=line.quantity,
+        unit_price=unit,
+        amount=line.signed.amount,
+        tax_rate=line.tax_rate,
+        kind=line.kind,
+    )
+
+
+def _number_taken(exc: IntegrityError) -> bool:
+    message = str(exc.orig)
+    return "uq_invoices_number" in message or "invoices.number" in message
