@@ -41,11 +41,13 @@ from hoodrun.store.tables import closing_snapshots, invoices, reconciliations
 if TYPE_CHECKING:
     from hoodrun.billing.service import Billing
 
-__all__ = ["ALERT", "WINDOW", "ReconcileResult", "Reconciler"]
+__all__ = ["ALERT", "CORRECTION", "WINDOW", "ReconcileResult", "Reconciler"]
 
 log = logging.getLogger("hoodrun.billing")
 
 ALERT = "HoodRunBillingMismatch"
+CORRECTION = "reconciliation: "
+"""How the reason of a credit note made by reconciliation starts."""
 WINDOW = timedelta(days=100)
 
 MATCH_RATIO = Gauge(
@@ -127,7 +129,16 @@ class Reconciler:
             return
         problem = await self._snapshot_problem(invoice)
         notes = await billing.invoices.credit_notes(invoice.id)
-        issued = sum((n.amount.amount for n in notes if n.status == "issued"), Decimal(0))
+        # Credit notes lower what is due, except reconciliation's own: those take back what the
+        # provider added beyond the snapshot, so what is due stays the invoice's total.
+        issued = sum(
+            (
+                n.amount.amount
+                for n in notes
+                if n.status == "issued" and not n.reason.startswith(CORRECTION)
+            ),
+            Decimal(0),
+        )
         expected = invoice.total.amount
         if invoice.provider == "stripe":
             # Stripe lowers what is due by a credit note; Paraşüt issues a separate document.
@@ -199,7 +210,7 @@ class Reconciler:
         billing = self._billing
         provider = billing.providers[invoice.provider]
         note = await billing.invoices.add_credit_note(
-            invoice.id, Money(amount, invoice.currency), f"reconciliation: {reason}"[:256]
+            invoice.id, Money(amount, invoice.currency), f"{CORRECTION}{reason}"[:256]
         )
         if invoice.provider_id is None:
             return None

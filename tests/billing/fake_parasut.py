@@ -202,8 +202,18 @@ class FakeParasut:
         self._overrides.setdefault(invoice_id, {}).update(attributes)
 
     def finish_jobs(self) -> None:
+        """Finish every running e-document job now, as Paraşüt does on its side whether or not
+        anyone polls (a worker that died mid-job never polls again)."""
         for job in self.jobs.values():
             job.polls_left = 0
+            if job.status in ("pending", "running") and not job.errors:
+                self._complete(job)
+
+    def _complete(self, job: _Job) -> None:
+        job.status = "done"
+        self.documents[job.document_id] = {"uuid": secrets.token_hex(16), "vkn": ""}
+        self._pdf_polls[job.document_id] = self.pdf_polls
+        self.invoices[job.invoice_id]["document"] = (job.kind, job.document_id)
 
     def posted(self, path: str) -> list[Any]:
         """Bodies of the POSTs to ``path`` (relative to the company)."""
@@ -663,10 +673,7 @@ class FakeParasut:
             elif job.errors:
                 job.status = "error"
             else:
-                job.status = "done"
-                self.documents[job.document_id] = {"uuid": secrets.token_hex(16), "vkn": ""}
-                self._pdf_polls[job.document_id] = self.pdf_polls
-                self.invoices[job.invoice_id]["document"] = (job.kind, job.document_id)
+                self._complete(job)
         errors = job.errors if job.status == "error" else []
         return {
             "data": {

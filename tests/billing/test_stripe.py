@@ -80,7 +80,9 @@ def draft(number: str = "HR-2026-0001", *, credit_line: bool = False) -> Invoice
 
 
 def config(url: str, key: str = API_KEY) -> StripeConfig:
-    return StripeConfig(enabled=True, api_key=key, api_base=url, collection_method="send_invoice")
+    return StripeConfig(
+        enabled=True, api_key=key, api_base=url, collection_method="charge_automatically"
+    )
 
 
 @pytest.fixture
@@ -180,7 +182,7 @@ async def test_send_invoice_creates_fills_and_finalizes(
     assert made["total"] == made["amount_due"] == 6361
     assert made["number"] == "HR-2026-0001"
     assert made["currency"] == "eur"
-    assert (made["collection_method"], made["days_until_due"]) == ("send_invoice", 14)
+    assert (made["collection_method"], made["days_until_due"]) == ("charge_automatically", None)
     assert made["auto_advance"] is False
     assert made["metadata"] == {
         "org": "org_acme",
@@ -418,6 +420,22 @@ async def test_collect_payment_pays_once(
     )
     assert again == paid
     assert posts(fake_stripe, "/v1/invoices/[^/]+/pay") == 1
+
+
+async def test_an_invoice_the_customer_pays_from_is_read_not_charged(
+    fake_stripe: FakeStripe,
+) -> None:
+    settings = config(fake_stripe.url).model_copy(update={"collection_method": "send_invoice"})
+    async with StripeProvider(settings, max_network_retries=0) as sending:
+        customer = await sending.ensure_customer(ACME, None)
+        sent = await sending.send_invoice(customer, draft())
+        [made] = fake_stripe.invoices_for("HR-2026-0001")
+        assert (made["collection_method"], made["days_until_due"]) == ("send_invoice", 14)
+
+        read = await sending.collect_payment(sent.provider_id)
+
+    assert (read.status, read.amount_paid) == ("open", 0)
+    assert posts(fake_stripe, "/v1/invoices/[^/]+/pay") == 0
 
 
 async def test_a_declined_card_is_rejected_and_a_later_attempt_can_pay(

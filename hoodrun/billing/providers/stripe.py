@@ -146,9 +146,10 @@ def parse_webhook(payload: bytes, signature_header: str, secret: str) -> Webhook
 
 
 def _remote(invoice: dict[str, Any]) -> RemoteInvoice:
-    """``RemoteInvoice.total`` is ``amount_due``: what the customer is asked to pay, which is
-    ``total`` less any credit note issued before payment (and the customer's Stripe balance,
-    which HoodRun never sets)."""
+    """``RemoteInvoice.total`` is what the customer owes on the invoice net of its credit notes:
+    ``total`` less the credit notes issued before payment (which lower ``amount_due``) and after
+    it (which do not), so a correction shows the same way whether or not the invoice was paid.
+    The customer's Stripe balance is not counted: HoodRun never sets it."""
     currency = str(invoice["currency"]).upper()
     status = str(invoice.get("status"))
     if status not in _STATUSES:
@@ -157,7 +158,12 @@ def _remote(invoice: dict[str, Any]) -> RemoteInvoice:
         provider_id=str(invoice["id"]),
         status=cast(RemoteStatus, status),
         currency=currency,
-        total=from_minor(int(invoice["amount_due"]), currency),
+        total=from_minor(
+            int(invoice["total"])
+            - int(invoice.get("pre_payment_credit_notes_amount") or 0)
+            - int(invoice.get("post_payment_credit_notes_amount") or 0),
+            currency,
+        ),
         amount_paid=from_minor(int(invoice.get("amount_paid") or 0), currency),
     )
 
@@ -547,6 +553,9 @@ class StripeProvider:
         as it is. A decline is ``ProviderRejected`` with the card's message."""
         invoice = await self._retrieve(provider_id)
         if invoice["status"] in ("paid", "void"):
+            return _remote(invoice)
+        if invoice.get("collection_method") == "send_invoice":
+            # The customer pays from the invoice Stripe sent: nothing to charge, only to read.
             return _remote(invoice)
         # A new key per attempt: Stripe replays a declined attempt's answer to its key.
         key = f"pay-{provider_id}-{invoice.get('attempt_count') or 0}"

@@ -418,6 +418,12 @@ class ParasutProvider:
                 _data(await self._get_invoice(invoice_id)), "active_e_document"
             ):
                 return None
+            # An earlier attempt's job still running (its process died before it could poll
+            # it): Paraşüt finishes it on its own; the retry finds the e-document issued.
+            if exc.status == 422 and "formalis" in str(exc).lower():
+                raise ProviderUnavailable(
+                    f"an earlier e-document job of {draft.number} is still running at Paraşüt"
+                ) from exc
             raise
         log.info("Paraşüt %s job %s started for %s", kind, job["id"], draft.number)
         return str(job["id"])
