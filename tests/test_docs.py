@@ -6,6 +6,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from hoodrun.billing.config import (
+    BillingConfig,
+    FxConfig,
+    IssuerConfig,
+    JobsConfig,
+    LedgerConfig,
+    ParasutConfig,
+    ScheduleConfig,
+    StripeConfig,
+)
 from hoodrun.config import (
     ChainConfig,
     Config,
@@ -28,6 +38,14 @@ def test_every_config_key_is_documented() -> None:
         ChainConfig,
         PlanConfig,
         RateConfig,
+        BillingConfig,
+        IssuerConfig,
+        StripeConfig,
+        ParasutConfig,
+        FxConfig,
+        LedgerConfig,
+        ScheduleConfig,
+        JobsConfig,
     ]
     missing = [
         f"{m.__name__}.{name}" for m in models for name in m.model_fields if f"`{name}`" not in DOC
