@@ -77,7 +77,7 @@ from hoodrun.billing.snapshots import (
 )
 from hoodrun.config import Config
 from hoodrun.metering.config import BUILTIN_METERS, PriceConfig, TierConfig
-from hoodrun.metering.entitlements import _kind, month_bounds
+from hoodrun.metering.entitlements import method_kind, month_bounds
 from hoodrun.metering.money import Money, total
 from hoodrun.metering.rating import ContractTerms, RatedPeriod, prorate, rate_period, weigh
 from hoodrun.metering.store import Contract
@@ -427,7 +427,7 @@ class PeriodCloser:
                     extra = [max(counts[0] - was[0], 0), max(counts[1] - was[1], 0)]
                     if extra[0] or extra[1]:
                         late.setdefault(org, []).append(
-                            {"period": month, "chain": key[0], "kind": _kind(key[1]),
+                            {"period": month, "chain": key[0], "kind": method_kind(key[1]),
                              "method": key[1], "requests": extra[0], "compute_units": extra[1]}
                         )  # fmt: skip
                 if below:
@@ -680,7 +680,9 @@ def _add(counts: _Counts, item: Mapping[str, Any]) -> None:
 def _weigh(counts: _Counts, price: PriceConfig) -> Decimal:
     """The quantity of ``price.meter`` the counts weigh under ``price``'s multipliers."""
     index = 0 if price.meter == "requests" else 1
-    rows = ((chain, _kind(method), Decimal(c[index])) for (chain, method), c in counts.items())
+    rows = (
+        (chain, method_kind(method), Decimal(c[index])) for (chain, method), c in counts.items()
+    )
     return weigh(rows, price)
 
 
@@ -688,7 +690,7 @@ def _usage_json(counts: _Counts) -> list[dict[str, Any]]:
     return [
         {
             "chain": chain,
-            "kind": _kind(method),
+            "kind": method_kind(method),
             "method": method,
             "requests": requests,
             "compute_units": units,

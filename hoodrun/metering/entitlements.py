@@ -41,6 +41,7 @@ __all__ = [
     "OrgEntitlements",
     "UsageCounters",
     "billable_since",
+    "method_kind",
     "month_bounds",
 ]
 
@@ -49,7 +50,7 @@ METERS = ("requests", "compute_units")
 _CHARGES = ("fee", "usage", "flat")  # a period's charges before discounts, minimum and tax
 
 
-def _kind(method: str) -> str:
+def method_kind(method: str) -> str:
     """The kind of a method for prices' multipliers: trace (trace_*, debug_*) or plain. (Whether
     a call needed an archive node is not in the record: archive multipliers apply to invoices
     rated from the analytics store, not to spending caps.)"""
@@ -138,7 +139,7 @@ class UsageCounters:
         split = self._split.get(org)
         if split is None:
             split = self._split[org] = {}
-        key = (chain, _kind(method))
+        key = (chain, method_kind(method))
         part = split.get(key)
         if part is None:
             part = split[key] = [0, 0]

@@ -194,7 +194,7 @@ credit_ledger = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("amount", ExactDecimal(), nullable=False),
     Column("reason", String(32), nullable=False),
-    Column("reference", String(128), nullable=True),
+    Column("reference", String(128), nullable=True, index=True),
 )
 
 # --- billing -------------------------------------------------------------------------------------
@@ -292,7 +292,9 @@ invoices = Table(
     Column("id", String(32), primary_key=True),
     Column("number", String(32), nullable=False, unique=True),
     Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False, index=True),
-    Column("snapshot_id", String(32), ForeignKey("closing_snapshots.id"), nullable=True),
+    Column(
+        "snapshot_id", String(32), ForeignKey("closing_snapshots.id"), nullable=True, unique=True
+    ),
     Column("period", String(7), nullable=False),
     Column("status", String(16), nullable=False),
     Column("currency", String(3), nullable=False),

@@ -1,5 +1,6 @@
-"""Billing: the job queue, exchange rates, billing accounts, closing snapshots, invoices, credit
-notes, refunds, reconciliations and the hash-chained ledger with its signed exports.
+"""Billing: the job queue, exchange rates, billing accounts, closing snapshots, invoices (one per
+snapshot), credit notes, refunds, reconciliations and the hash-chained ledger with its signed
+exports; credit spends indexed by reference.
 
 On PostgreSQL a trigger refuses UPDATE and DELETE (and TRUNCATE) of ledger entries and closing
 snapshots; on SQLite the store layer never issues them.
@@ -143,8 +144,11 @@ def upgrade() -> None:
             name="fk_invoices_snapshot_id_closing_snapshots",
         ),
         sa.UniqueConstraint("number", name="uq_invoices_number"),
+        sa.UniqueConstraint("snapshot_id", name="uq_invoices_snapshot_id"),
     )
     op.create_index("ix_invoices_org_id", "invoices", ["org_id"])
+    # Credit spends are found by their reference (an invoice number) when a retry completes one.
+    op.create_index("ix_credit_ledger_reference", "credit_ledger", ["reference"])
     corrections: tuple[tuple[str, list[sa.Column[Any]]], ...] = (
         (
             "credit_notes",
@@ -257,6 +261,7 @@ def downgrade() -> None:
     for table in ("refunds", "credit_notes"):
         op.drop_index(f"ix_{table}_invoice_id", table_name=table)
         op.drop_table(table)
+    op.drop_index("ix_credit_ledger_reference", table_name="credit_ledger")
     op.drop_index("ix_invoices_org_id", table_name="invoices")
     op.drop_table("invoices")
     op.drop_table("closing_snapshots")
