@@ -9,12 +9,14 @@ An invoice event moves the invoice it names (paid, void, uncollectible) and reco
 
 Amounts are JSON strings with their currency (``{"amount": "12.34", "currency": "USD"}``), never
 numbers, so no client reads them through a float. Errors follow the admin API: 401 no or wrong
-token, 404 no such invoice, 422 a malformed query.
+token, 404 no such invoice, 422 a malformed query; 400 a refund that does not fit the invoice
+(``refund_refused``), a period that is not a month (``invalid_period``) or has not ended
+(``period_not_ended``).
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -24,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hoodrun.api.app import ApiError, _bearer
 from hoodrun.api.models import ErrorOut
-from hoodrun.billing.close import InvalidPeriod, parse_period
+from hoodrun.billing.close import InvalidPeriod, PeriodNotEnded, closable
 from hoodrun.billing.documents import render_html, render_pdf
 from hoodrun.billing.invoices import (
     AdjustmentRefused,
@@ -222,12 +224,16 @@ def billing_router(
 
     @closes.post("/close", status_code=202)
     async def close(body: CloseIn) -> JobOut:
-        """Close a month (``YYYY-MM``): a period-close job (once per period), which makes the
-        snapshots and then the invoices."""
+        """Close a month (``YYYY-MM``) that has ended: a period-close job (once per period),
+        which makes the snapshots and then the invoices."""
         try:
-            parse_period(body.period)
+            closable(body.period, datetime.now(UTC))
         except InvalidPeriod as exc:
             raise ApiError(400, "invalid_period", str(exc)) from None
+        except PeriodNotEnded as exc:
+            # Refused here, not by the job: the worker's close would refuse it until the job
+            # died, and that dead job would hold the period's key past the month's end.
+            raise ApiError(400, "period_not_ended", str(exc)) from None
         job = await queue.enqueue(
             "period-close",
             {"period": body.period},

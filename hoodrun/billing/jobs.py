@@ -62,7 +62,7 @@ def handlers(billing: Billing) -> dict[str, Handler]:
         return await billing.close_period(_period_of_slot(job))
 
     async def invoice_generate(job: Job) -> dict[str, Any]:
-        invoice = await billing.generate_invoice(_field(job, "snapshot_id"))
+        invoice = await billing.generate_invoice(_field(job, "snapshot_id"), job.id)
         return {"invoice": invoice.number, "status": invoice.status}
 
     async def payment_process(job: Job) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from hoodrun.jobs import JobQueue, Permanent, Retry
 from hoodrun.metering.money import Money
 from hoodrun.metering.store import Contract, CreditBook
 from hoodrun.store import Store, write_audit
-from hoodrun.store.tables import billing_accounts, contracts, invoices, orgs
+from hoodrun.store.tables import billing_accounts, contracts, invoices, jobs, orgs
 from hoodrun.telemetry.store import AnalyticsStore
 
 __all__ = ["Billing", "follow_remote", "open_providers", "provider_for"]
@@ -120,6 +120,13 @@ async def follow_remote(
         if status == "uncollectible":
             return await book.mark_uncollectible(invoice.id)
     return invoice
+
+
+def _job_of_snapshot(snapshot_id: str) -> Any:
+    """The ``invoice-generate`` jobs of a snapshot, by their idempotency keys (the close's
+    ``invoice-generate:{id}``, the sweep's ``invoice-generate:{id}:{hour}``)."""
+    key = f"invoice-generate:{snapshot_id}"
+    return (jobs.c.idempotency_key == key) | jobs.c.idempotency_key.startswith(f"{key}:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +196,15 @@ class Billing:
 
     # --- invoices ----------------------------------------------------------------------------
 
-    async def generate_invoice(self, snapshot_id: str) -> Invoice:
-        """Make the snapshot's invoice (once) and send it to its provider (once)."""
+    async def generate_invoice(self, snapshot_id: str, job_id: str | None = None) -> Invoice:
+        """Make the snapshot's invoice (once) and send it to its provider (once).
+
+        One job at a time sends an invoice: a provider looks up the invoice it may have made
+        before making one, and two senders at once could both find none. So while another
+        ``invoice-generate`` job of the snapshot runs (``job_id`` is this one), this one waits.
+        """
+        if job_id is not None and await self._sending_elsewhere(snapshot_id, job_id):
+            raise Retry(f"another job is sending the invoice of snapshot {snapshot_id}")
         invoice = await self.invoices.for_snapshot(snapshot_id)
         if invoice is None:
             invoice = await self._make_invoice(snapshot_id)
@@ -199,6 +213,18 @@ class Billing:
                 snapshot_id, provider=invoice.provider, credits=self._spend
             )
         return await self.send_invoice(invoice.id)
+
+    async def _sending_elsewhere(self, snapshot_id: str, job_id: str) -> bool:
+        async with self.store.connect() as conn:
+            found = await conn.scalar(
+                select(jobs.c.id)
+                .where(jobs.c.kind == "invoice-generate")
+                .where(jobs.c.status == "running")
+                .where(jobs.c.id != job_id)
+                .where(_job_of_snapshot(snapshot_id))
+                .limit(1)
+            )
+        return found is not None
 
     async def _make_invoice(self, snapshot_id: str) -> Invoice:
         contract, currency = await self._snapshot_contract(snapshot_id)
@@ -476,7 +502,8 @@ class Billing:
 
     async def sweep(self) -> dict[str, Any]:
         """Enqueue the sending of invoices left draft or pending by a job that gave up (the
-        provider was down longer than its retries), once per hour slot."""
+        provider was down longer than its retries), once per hour slot; not of those whose
+        ``invoice-generate`` job is still queued or running."""
         slot = self.clock().strftime("%Y%m%dT%H")
         async with self.store.connect() as conn:
             rows = (
@@ -487,6 +514,18 @@ class Billing:
                     )
                 )
             ).all()
+            live = []
+            for row in rows:
+                waiting = await conn.scalar(
+                    select(jobs.c.id)
+                    .where(jobs.c.kind == "invoice-generate")
+                    .where(jobs.c.status.in_(("queued", "running")))
+                    .where(_job_of_snapshot(row.snapshot_id))
+                    .limit(1)
+                )
+                if waiting is None:
+                    live.append(row)
+        rows = live
         for row in rows:
             await self.queue.enqueue(
                 "invoice-generate",

@@ -201,7 +201,9 @@ def invoice_view(
         unit = format_money(line.unit_price)
         if line.per != 1:
             unit = f"{unit} / {line.per:,}"
-        tax = f"{(line.tax_rate * 100).normalize():f}%" if line.tax_rate else "-"
+        # A tax line's rate is its quantity: no rate column of its own.
+        taxed = line.tax_rate and line.kind != "tax"
+        tax = f"{(line.tax_rate * 100).normalize():f}%" if taxed else "-"
         lines.add_row(
             line.kind,
             escape(line.description),
@@ -227,7 +229,7 @@ def invoice_view(
             f"{format_money(original)} at 1 {original.currency} = {invoice.fx_rate} "
             f"{invoice.currency} ({escape(invoice.fx_source or '?')}, {invoice.fx_date})",
         )
-    parts: list[RenderableType] = [fields, lines, totals]
+    parts: list[RenderableType] = [fields, "", lines, "", totals]
     if refunds or notes:
         adjustments = _table(title="refunds and credit notes")
         for header in ("id", "kind", "amount", "status", "reason", "provider id", "created"):
@@ -243,7 +245,7 @@ def invoice_view(
                 escape(item.provider_id or "-"),
                 _short(item.created_at),
             )
-        parts.append(adjustments)
+        parts += ["", adjustments]
     return Group(*parts)
 
 

@@ -30,9 +30,9 @@ WITH_HOODRUN = ("base/hoodrun", *(f"overlays/{env}" for env in ENVIRONMENTS))
 WITH_GETH = ("base/geth", *(f"overlays/{name}" for name in (*NETWORKS, *ENVIRONMENTS)))
 ROLES = ("gateway", "api", "worker")
 
-# Containers that run for good but have no probes, and why. The worker has no listener and
-# writes no heartbeat; the test below holds it to having no ports, so a listener means probes.
-PROBELESS = {("hoodrun-worker", "worker")}
+# Containers that run for good but have no probes, and why; the test below holds them to having
+# no ports, so a listener means probes. None today: the worker serves /metrics.
+PROBELESS: set[tuple[str, str]] = set()
 
 Doc = dict[str, Any]
 
@@ -288,6 +288,10 @@ def test_hoodrun_probes_use_the_paths_each_role_serves(
     api = _container(_role(docs, "api"), "api")
     assert api["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert api["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    # The worker serves only /metrics (billing.jobs.metrics_listen), once started.
+    worker = _container(_role(docs, "worker"), "worker")
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert worker[kind]["httpGet"] == {"path": "/metrics", "port": "metrics"}, kind
 
 
 @pytest.mark.parametrize("directory", [*BASES, *OVERLAYS])
@@ -333,6 +337,7 @@ def test_scrape_annotations_name_a_metrics_port(
         scraped.add((annotations["prometheus.io/port"], annotations["prometheus.io/path"]))
     if directory in WITH_HOODRUN:
         assert ("8000", "/metrics") in scraped and ("8001", "/metrics") in scraped
+        assert ("8002", "/metrics") in scraped
     if directory in WITH_GETH:
         assert ("6060", "/debug/metrics/prometheus") in scraped
 
@@ -483,7 +488,12 @@ def test_hoodrun_roles_reach_only_what_they_use(
     for rule in api_rules:
         for peer in rule["from"]:
             assert set(peer) == {"namespaceSelector"}, peer
-    assert not [r for p in _policies_for(docs, worker) for r in p["spec"].get("ingress", [])]
+    # The worker only from Prometheus, on its metrics port.
+    worker_rules = [r for p in _policies_for(docs, worker) for r in p["spec"].get("ingress", [])]
+    assert worker_rules
+    for rule in worker_rules:
+        assert rule.get("from") == [MONITORING], rule
+        assert [p["port"] for p in rule["ports"]] == [8002], rule
 
     def port(url: str | None) -> tuple[int, str]:
         assert url is not None
@@ -497,7 +507,8 @@ def test_hoodrun_roles_reach_only_what_they_use(
     needs = [
         (gateway, dns | upstreams | {database, redis, nats}),
         (api, dns | {database, redis, analytics}),
-        (worker, dns | {nats, analytics}),
+        # The worker: the job queue in the database, and HTTPS to Stripe, Paraşüt and TCMB.
+        (worker, dns | {database, nats, analytics, (443, "TCP")}),
     ]
     for workload, needed in needs:
         policies = _policies_for(docs, workload)
@@ -643,6 +654,20 @@ def test_config_map_loads_and_matches_the_pods(
             assert _ports(container)["http"] == listen[role]
             service = _named(docs, "Service", f"hoodrun-{role}")
             assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    # The worker's metrics listener, with the literal overrides of its environment applied.
+    worker = _container(_role(docs, "worker"), "worker")
+    literal = {e["name"]: e["value"] for e in worker["env"] if "value" in e}
+    worker_config = load_config(tmp_path / "hoodrun.yaml", env=literal)
+    assert worker_config.billing.jobs.metrics_listen is not None
+    assert _ports(worker)["metrics"] == parse_listen(worker_config.billing.jobs.metrics_listen)[1]
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in worker["env"] if "valueFrom" in e}
+    assert secrets["HOODRUN_DATABASE_URL"]["name"] == "hoodrun-secrets"
+    for name in (
+        "HOODRUN_BILLING__STRIPE__API_KEY",
+        "HOODRUN_BILLING__PARASUT__CLIENT_SECRET",
+        "HOODRUN_BILLING__PARASUT__PASSWORD",
+    ):
+        assert secrets[name]["optional"] is True, name
     api = _role(docs, "api")
     assert config.admin_token_file is not None
     token = _mount_for(_pod(api), _container(api, "api"), config.admin_token_file)

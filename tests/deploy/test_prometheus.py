@@ -22,7 +22,10 @@ import httpx
 import orjson
 import pytest
 import yaml
+from prometheus_client import REGISTRY, generate_latest
 
+import hoodrun.billing.reconcile
+import hoodrun.jobs.metrics
 from hoodrun.config import Config
 from hoodrun.devnet import Anvil, free_port
 from tests._platform import PlatformThread
@@ -312,7 +315,11 @@ def test_every_expression_reads_exported_metrics(gateway: ThreadedGateway) -> No
         refused = client.post(gateway.endpoint("hr_notarealkey1234567890"), json=rpc("eth_chainId"))
         assert refused.status_code == 401
         text = client.get(f"{gateway.url}/metrics").text
-    known = _exported_names(text) | _recorded() | EXTERNAL_NAMES
+    # The worker serves the default registry (billing.jobs.metrics_listen), where the job queue
+    # and billing register their metrics on import.
+    assert hoodrun.jobs.metrics.OUTCOMES and hoodrun.billing.reconcile.MATCH_RATIO
+    worker = _exported_names(generate_latest(REGISTRY).decode())
+    known = _exported_names(text) | worker | _recorded() | EXTERNAL_NAMES
     assert 'hoodrun_refusals_total{chain="eth",reason="key_invalid"}' in text
 
     used: dict[str, set[str]] = {}
