@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hoodrun.billing.config import BillingConfig
+from hoodrun.explorer.config import LogsConfig
 from hoodrun.metering.config import BUILTIN_METERS, MeterConfig, PriceConfig, TaxRule
 
 __all__ = [
@@ -391,6 +392,7 @@ class Config(_Model):
         default_factory=dict, description="Tax per customer country (ISO 3166 alpha-2)."
     )
     billing: BillingConfig = BillingConfig()
+    logs: LogsConfig = LogsConfig()
     plans: tuple[PlanConfig, ...] = Field(
         default=DEFAULT_PLANS, description="Plans sold; without any, free/pro/enterprise."
     )

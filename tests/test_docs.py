@@ -25,6 +25,7 @@ from hoodrun.config import (
     PublicAccess,
     RateConfig,
 )
+from hoodrun.explorer.config import LogPlanLimits, LogsConfig
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
 
@@ -46,6 +47,8 @@ def test_every_config_key_is_documented() -> None:
         LedgerConfig,
         ScheduleConfig,
         JobsConfig,
+        LogsConfig,
+        LogPlanLimits,
     ]
     missing = [
         f"{m.__name__}.{name}" for m in models for name in m.model_fields if f"`{name}`" not in DOC
