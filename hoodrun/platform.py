@@ -30,9 +30,11 @@ from hoodrun.config import (
 )
 from hoodrun.configdiff import reloadable
 from hoodrun.devnet import Anvil, ensure_anvil
+from hoodrun.explorer.ingest import open_log_ingestor
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.jobs import JobQueue, Worker
 from hoodrun.keys.service import KeyService
+from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.metering.entitlements import OrgEntitlements
 from hoodrun.metering.meters import MeterService
 from hoodrun.metering.store import ContractBook, CreditBook
@@ -150,6 +152,17 @@ async def run_platform(
         if api:
             host, port = parse_listen(config.api_listen)
             reports = await _open_reports(config, telemetry, stack)
+            # Customer routes (logs) check API keys as the gateway does, revocations purged.
+            verifier = KeyVerifier(
+                keys.lookup,
+                ttl=config.gateway.key_cache_ttl,
+                negative_ttl=config.gateway.key_negative_ttl,
+                degrade_ttl=config.gateway.key_degrade_ttl,
+            )
+            events.subscribe(verifier.purge)
+            logs = None
+            if config.logs.enabled and reports is not None:
+                logs = await open_log_ingestor(config, reports.store, stack)
             app = create_api_app(
                 config,
                 keys,
@@ -174,6 +187,8 @@ async def run_platform(
                     analytics=reports.store if reports is not None and runtime is None else None,
                     units=compute_units(config),
                 ),
+                logs=logs,
+                verifier=verifier,
             )
             server = _Uvicorn(
                 uvicorn.Config(

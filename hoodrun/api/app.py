@@ -38,10 +38,12 @@ from hoodrun.config import Config
 from hoodrun.keys.durations import parse_duration
 from hoodrun.keys.errors import KeysError
 from hoodrun.keys.service import KeyService
+from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from hoodrun.billing.invoices import InvoiceBook
+    from hoodrun.explorer.ingest import LogIngestor
     from hoodrun.jobs import JobQueue
     from hoodrun.metering.entitlements import OrgEntitlements
     from hoodrun.metering.meters import MeterService
@@ -98,6 +100,8 @@ def create_api_app(
     entitlements: OrgEntitlements | None = None,
     accounts: tuple[ContractBook, CreditBook] | None = None,
     billing: tuple[InvoiceBook, JobQueue] | None = None,
+    logs: LogIngestor | None = None,
+    verifier: KeyVerifier | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -107,7 +111,9 @@ def create_api_app(
     ``/api/v1/meters``; its errors are RFC 7807 problems). ``entitlements`` adds the check-access
     API (``/api/v1/entitlements``); ``accounts`` (contracts and credits) their admin routes;
     ``billing`` (invoices and the job queue) the invoice and period-close routes, and Stripe's
-    webhook when ``billing.stripe.webhook_secret`` is set.
+    webhook when ``billing.stripe.webhook_secret`` is set. ``logs`` adds ``POST /logs/v1``
+    (application logs, with a project's API key checked by ``verifier``; default: one on
+    ``keys`` that learns of revocations within ``gateway.key_cache_ttl``).
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -254,4 +260,19 @@ def create_api_app(
         from hoodrun.api.entitlements import entitlements_router
 
         app.include_router(entitlements_router(entitlements, token))
+    if logs is not None:
+        from hoodrun.api.logs import logs_router
+
+        verifier = verifier or _key_verifier(config, keys)
+        app.include_router(logs_router(logs, verifier, token))
     return app
+
+
+def _key_verifier(config: Config, keys: KeyService) -> KeyVerifier:
+    """A key cache on ``keys`` as the gateway's (without its purge on key events)."""
+    return KeyVerifier(
+        keys.lookup,
+        ttl=config.gateway.key_cache_ttl,
+        negative_ttl=config.gateway.key_negative_ttl,
+        degrade_ttl=config.gateway.key_degrade_ttl,
+    )

@@ -39,6 +39,7 @@ from hoodrun.billing.providers import ProviderRejected
 from hoodrun.billing.service import follow_remote
 from hoodrun.jobs import Job, JobQueue
 from hoodrun.metering.money import Money, MoneyError
+from hoodrun.store import new_id
 
 __all__ = ["billing_router", "stripe_webhook_router"]
 
@@ -240,6 +241,15 @@ def billing_router(
             idempotency_key=f"period-close:{body.period}",
             actor="admin",
         )
+        if job.status in ("done", "dead", "cancelled"):
+            # Closed before: closing again closes the orgs that have no snapshot yet (a contract
+            # added since), as a job of its own.
+            job = await queue.enqueue(
+                "period-close",
+                {"period": body.period},
+                idempotency_key=f"period-close:{body.period}:{new_id('again')}",
+                actor="admin",
+            )
         return JobOut.of(job)
 
     outer = APIRouter()

@@ -2,17 +2,23 @@
 
 For every invoice sent in the last ``WINDOW`` (open or paid), the expected total is what the
 closing snapshot says, carried through the invoice: the snapshot's content hash must still hold
-(a snapshot edited behind HoodRun's back is a mismatch too), the invoice's original total must
-be the snapshot's total, and the provider's total must be the invoice's total less the credit
-notes already issued on it (within ``billing.reconcile_tolerance``). Each check is a row of
+(a snapshot edited behind HoodRun's back is a mismatch too); a converted invoice's original total
+is the snapshot's total, another's subtotal is the snapshot's and its tax too (within half a minor
+unit per taxed line, for tax computed line by line); and the provider's total equals the
+invoice's (within ``billing.reconcile_tolerance``), net of the credit notes issued on it: Stripe's
+total already is (every note lowers it, the customer's and reconciliation's corrections), so the
+customer's notes are taken off what is expected; Paraşüt's is not (a note is a refund invoice of
+its own), so the corrections are taken off what it says. Each check is a row of
 ``reconciliations``.
 
 A mismatch raises an alert (``HoodRunBillingMismatch`` in the alerts table, with the invoice,
-org and both totals) and, when the provider asks for more than the snapshot, starts the credit
-note flow: a credit note of the difference is recorded, issued at the provider (its id is the
-idempotency key) and written to the ledger, so the next run matches and resolves the alert. A
-provider total below the snapshot is not corrected automatically (it would mean charging more):
-the alert stays until an operator acts.
+org and both totals; it keeps the time it first fired) and, when the provider asks more than the
+snapshot of an invoice not paid yet, starts the credit note flow: a credit note of the
+difference is recorded, issued at the provider (its id is the idempotency key; one recorded but
+not issued is issued by the next run) and written to the ledger, so the next run matches and
+resolves the alert. A paid invoice charged beyond its snapshot, or a provider total below the
+snapshot, is not corrected automatically (a note would hide money taken; the other would mean
+charging more): the alert stays until an operator acts.
 
 ``hoodrun_billing_reconciliation_match_ratio`` is the share of invoices checked by the last run
 that matched (the seed's target: at least 99.9%).
@@ -33,10 +39,10 @@ from sqlalchemy import insert, select
 from hoodrun.billing.close import verify_snapshot
 from hoodrun.billing.invoices import Invoice
 from hoodrun.billing.providers import ProviderRejected, ProviderUnavailable
-from hoodrun.metering.money import Money
+from hoodrun.metering.money import Money, minor_units
 from hoodrun.ops.alerts import AlertBook, IncomingAlert
 from hoodrun.store import new_id
-from hoodrun.store.tables import closing_snapshots, invoices, reconciliations
+from hoodrun.store.tables import alerts, closing_snapshots, invoices, reconciliations
 
 if TYPE_CHECKING:
     from hoodrun.billing.service import Billing
@@ -122,6 +128,7 @@ class Reconciler:
         if provider is None or invoice.provider_id is None:
             return
         try:
+            await self._issue_pending(invoice)
             remote = await provider.fetch_invoice(invoice.provider_id)
         except (ProviderUnavailable, ProviderRejected) as exc:
             result.unreachable.append(invoice.number)
@@ -129,21 +136,23 @@ class Reconciler:
             return
         problem = await self._snapshot_problem(invoice)
         notes = await billing.invoices.credit_notes(invoice.id)
-        # Credit notes lower what is due, except reconciliation's own: those take back what the
-        # provider added beyond the snapshot, so what is due stays the invoice's total.
-        issued = sum(
-            (
-                n.amount.amount
-                for n in notes
-                if n.status == "issued" and not n.reason.startswith(CORRECTION)
-            ),
-            Decimal(0),
+        issued = [n for n in notes if n.status == "issued"]
+        corrections = sum(
+            (n.amount.amount for n in issued if n.reason.startswith(CORRECTION)), Decimal(0)
+        )
+        others = sum(
+            (n.amount.amount for n in issued if not n.reason.startswith(CORRECTION)), Decimal(0)
         )
         expected = invoice.total.amount
-        if invoice.provider == "stripe":
-            # Stripe lowers what is due by a credit note; Paraşüt issues a separate document.
-            expected -= issued
         reported = remote.total
+        if invoice.provider == "stripe":
+            # Stripe's total is net of every credit note on the invoice: the customer's
+            # (which lower what is due) and reconciliation's corrections alike.
+            expected -= others
+        else:
+            # Paraşüt's invoice keeps its total; a credit note is a document of its own (an
+            # refund invoice), so the corrections already made count against what it says.
+            reported -= corrections
         tolerance = billing.config.billing.reconcile_tolerance
         if problem is None and abs(reported - expected) > tolerance:
             problem = f"{provider.name} says {reported} {invoice.currency}, expected {expected}"
@@ -162,9 +171,9 @@ class Reconciler:
                     detail=(problem or "ok")[:512],
                 )
             )
-        if reported != (invoice.provider_total.amount if invoice.provider_total else None):
+        if remote.total != (invoice.provider_total.amount if invoice.provider_total else None):
             await billing.invoices.record_provider_total(
-                invoice.id, Money(reported, invoice.currency), remote.status
+                invoice.id, Money(remote.total, invoice.currency), remote.status
             )
         if matched:
             result.matched += 1
@@ -175,10 +184,34 @@ class Reconciler:
         )
         log.error("reconcile: invoice %s mismatch: %s", invoice.number, problem)
         await self._alert(invoice, "firing", problem or "")
-        if reported > expected and not notes_pending(notes):
-            note = await self._credit_note(invoice, reported - expected, problem or "")
-            if note is not None:
-                result.credit_notes.append(note)
+        if reported <= expected or notes_pending(notes):
+            return
+        if invoice.status == "paid":
+            # Money was taken beyond the snapshot: a note would hide it, not pay it back. The
+            # alert stays until an operator refunds the difference.
+            log.error(
+                "reconcile: paid invoice %s was charged %s %s beyond its snapshot: refund it",
+                invoice.number, reported - expected, invoice.currency,
+            )  # fmt: skip
+            return
+        note = await self._credit_note(invoice, reported - expected, problem or "")
+        if note is not None:
+            result.credit_notes.append(note)
+
+    async def _issue_pending(self, invoice: Invoice) -> None:
+        """Issue at the provider the corrections recorded but not issued (the provider or the
+        worker failed in between): the note's id is the key, so one issued already is found."""
+        billing = self._billing
+        if invoice.provider_id is None:
+            return
+        for note in await billing.invoices.credit_notes(invoice.id):
+            if note.status != "pending" or not note.reason.startswith(CORRECTION):
+                continue
+            provider = billing.providers[invoice.provider]
+            provider_id = await provider.credit_note(
+                invoice.provider_id, note.amount.amount, note.reason, key=note.id
+            )
+            await billing.invoices.mark_credit_note_issued(note.id, provider_id)
 
     async def _snapshot_problem(self, invoice: Invoice) -> str | None:
         if invoice.snapshot_id is None:
@@ -199,11 +232,24 @@ class Reconciler:
             return f"the closing snapshot {invoice.snapshot_id} is gone"
         if not verify_snapshot(dict(row)):
             return f"the closing snapshot {invoice.snapshot_id} no longer matches its hash"
-        original = invoice.original_total if invoice.original_total is not None else None
-        snapshot_total = Decimal(row["total"])
-        invoiced = original.amount if original is not None else invoice.gross.amount
-        if invoiced != snapshot_total:
-            return f"the invoice carries {invoiced}, its closing snapshot {snapshot_total}"
+        if invoice.original_total is not None:  # converted: the original is the snapshot's
+            if invoice.original_total.amount != Decimal(row["total"]):
+                return (
+                    f"the invoice was converted from {invoice.original_total.amount}, its "
+                    f"closing snapshot totals {row['total']}"
+                )
+            return None
+        if invoice.subtotal.amount != Decimal(row["subtotal"]):
+            return (
+                f"the invoice's subtotal is {invoice.subtotal.amount}, "
+                f"its snapshot's {row['subtotal']}"
+            )
+        # Tax computed per line (Paraşüt) may differ from the snapshot's, rated on the subtotal,
+        # by at most half a minor unit per taxed line.
+        taxed = sum(1 for line in invoice.lines if line.kind != "tax" and line.tax_rate > 0)
+        slack = Decimal(taxed) * Decimal(5) * Decimal(10) ** -(minor_units(invoice.currency) + 1)
+        if abs(invoice.tax.amount - Decimal(row["tax"])) > slack:
+            return f"the invoice's tax is {invoice.tax.amount}, its snapshot's {row['tax']}"
         return None
 
     async def _credit_note(self, invoice: Invoice, amount: Decimal, reason: str) -> str | None:
@@ -225,11 +271,26 @@ class Reconciler:
         return note.id
 
     async def _alert(self, invoice: Invoice, status: str, problem: str) -> None:
+        """Fire (or keep firing, from when it first fired) or resolve the invoice's alert; an
+        invoice that matches and never fired writes nothing."""
+        fingerprint = f"billing-{invoice.id}"
+        async with self._billing.store.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(alerts.c.status, alerts.c.starts_at).where(
+                        alerts.c.fingerprint == fingerprint
+                    )
+                )
+            ).first()
+        firing = row is not None and row.status == "firing"
+        if status == "resolved" and not firing:
+            return
         now = self._clock()
+        starts_at = row.starts_at if firing and row is not None else now
         await self._alerts.receive(
             [
                 IncomingAlert(
-                    fingerprint=f"billing-{invoice.id}",
+                    fingerprint=fingerprint,
                     status="firing" if status == "firing" else "resolved",
                     labels={
                         "alertname": ALERT,
@@ -242,7 +303,7 @@ class Reconciler:
                         "summary": f"Invoice {invoice.number} does not reconcile",
                         "description": problem or "reconciled",
                     },
-                    starts_at=now,
+                    starts_at=starts_at,
                     ends_at=None if status == "firing" else now,
                 )
             ]

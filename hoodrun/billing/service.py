@@ -40,6 +40,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hoodrun.billing.close import PeriodCloser, closable
 from hoodrun.billing.fx import FxError, FxRates
@@ -120,6 +121,19 @@ async def follow_remote(
         if status == "uncollectible":
             return await book.mark_uncollectible(invoice.id)
     return invoice
+
+
+async def _live(conn: AsyncConnection, which: Any) -> bool:
+    """Whether a job matching ``which`` is queued or running."""
+    found = await conn.scalar(
+        select(jobs.c.id).where(jobs.c.status.in_(("queued", "running"))).where(which).limit(1)
+    )
+    return found is not None
+
+
+def _payment_job_of(invoice_id: str) -> Any:
+    key = f"payment-process:{invoice_id}"
+    return (jobs.c.idempotency_key == key) | jobs.c.idempotency_key.startswith(f"{key}:")
 
 
 def _job_of_snapshot(snapshot_id: str) -> Any:
@@ -276,6 +290,10 @@ class Billing:
     async def send_invoice(self, invoice_id: str) -> Invoice:
         """Send a draft or pending invoice to its provider; an open one is left as it is."""
         invoice = await self.invoices.get(invoice_id)
+        if invoice.status == "open":
+            # Sent by an earlier run that may have died before it asked for the payment.
+            await self._follow_payment(invoice)
+            return invoice
         if invoice.status not in ("draft", "pending"):
             return invoice
         if invoice.provider == "none":
@@ -310,13 +328,17 @@ class Billing:
             Money(remote.total, invoice.currency),
             remote.document_id,
         )
+        await self._follow_payment(sent)
+        return sent
+
+    async def _follow_payment(self, invoice: Invoice, key: str | None = None) -> None:
+        """The payment job of an open invoice (once per key: by default once per invoice)."""
         await self.queue.enqueue(
             "payment-process",
             {"invoice_id": invoice.id},
-            idempotency_key=f"payment-process:{invoice.id}",
+            idempotency_key=key or f"payment-process:{invoice.id}",
             run_at=self.clock() + timedelta(seconds=1),
         )
-        return sent
 
     async def _customer(self, org_id: str, snapshot_id: str | None) -> _Customer:
         async with self.store.connect() as conn:
@@ -420,6 +442,8 @@ class Billing:
         except ProviderUnavailable as exc:
             raise Retry(f"{provider.name} unreachable: {exc}") from exc
         except ProviderRejected as exc:
+            # Failed, so it no longer holds room on the invoice for a corrected refund.
+            await self.invoices.mark_refund_done(refund.id, "", succeeded=False)
             raise Permanent(f"refund {refund.id} refused: {exc}") from exc
         done = await self.invoices.mark_refund_done(refund.id, provider_id)
         return {"refund": done.id, "status": done.status, "provider_id": provider_id}
@@ -501,38 +525,53 @@ class Billing:
     # --- the sweep ---------------------------------------------------------------------------
 
     async def sweep(self) -> dict[str, Any]:
-        """Enqueue the sending of invoices left draft or pending by a job that gave up (the
-        provider was down longer than its retries), once per hour slot; not of those whose
-        ``invoice-generate`` job is still queued or running."""
-        slot = self.clock().strftime("%Y%m%dT%H")
+        """What jobs that gave up left behind:
+
+        - invoices left draft or pending because the provider was down longer than their job's
+          retries: their sending is enqueued again, once per hour slot, unless a sending job is
+          still queued or running, or the provider refused the invoice (that waits for an
+          operator: ``hoodrun jobs retry``);
+        - open invoices whose payment job is over (its attempts ran out while the customer had
+          not paid): a new one, once per day, so they are read until paid.
+        """
+        now = self.clock()
+        hour, day = now.strftime("%Y%m%dT%H"), now.strftime("%Y%m%d")
         async with self.store.connect() as conn:
-            rows = (
+            unsent = (
                 await conn.execute(
-                    select(invoices.c.id, invoices.c.snapshot_id).where(
+                    select(invoices.c.id, invoices.c.snapshot_id, invoices.c.last_error).where(
                         invoices.c.status.in_(("draft", "pending")),
                         invoices.c.provider != "none",
                     )
                 )
             ).all()
-            live = []
-            for row in rows:
-                waiting = await conn.scalar(
-                    select(jobs.c.id)
-                    .where(jobs.c.kind == "invoice-generate")
-                    .where(jobs.c.status.in_(("queued", "running")))
-                    .where(_job_of_snapshot(row.snapshot_id))
-                    .limit(1)
+            resend = []
+            for row in unsent:
+                if row.last_error and " refused: " in row.last_error:
+                    continue
+                if not await _live(conn, _job_of_snapshot(row.snapshot_id)):
+                    resend.append(row)
+            unpaid = (
+                await conn.execute(
+                    select(invoices.c.id).where(
+                        invoices.c.status == "open", invoices.c.provider != "none"
+                    )
                 )
-                if waiting is None:
-                    live.append(row)
-        rows = live
-        for row in rows:
+            ).all()
+            follow = [row for row in unpaid if not await _live(conn, _payment_job_of(row.id))]
+        for row in resend:
             await self.queue.enqueue(
                 "invoice-generate",
                 {"snapshot_id": row.snapshot_id},
-                idempotency_key=f"invoice-generate:{row.snapshot_id}:{slot}",
+                idempotency_key=f"invoice-generate:{row.snapshot_id}:{hour}",
             )
-        return {"enqueued": len(rows)}
+        for row in follow:
+            await self.queue.enqueue(
+                "payment-process",
+                {"invoice_id": row.id},
+                idempotency_key=f"payment-process:{row.id}:{day}",
+            )
+        return {"resent": len(resend), "payments_followed": len(follow)}
 
     async def audit(self, action: str, target: str, details: dict[str, Any]) -> None:
         async with self.store.transaction() as conn:

@@ -279,13 +279,21 @@ class Worker:
             raise  # the handler's own timeout: a plain failure
 
     async def _keep_lease(self, job: Job, work: asyncio.Task[Any], lost: asyncio.Event) -> None:
+        # Renewed until: past it, another worker may have taken the job, so this run stops
+        # even when the database cannot say (a worker cut off from it must not go on sending).
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 held = await self.queue.heartbeat(job, self.worker_id)
             except _DB_ERRORS as exc:
                 log.warning("job %s (%s): heartbeat failed: %s", job.id, job.kind, exc)
-                continue
+                if time.monotonic() - renewed < self.queue.lease_margin:
+                    continue
+                held = False
+            else:
+                if held:
+                    renewed = time.monotonic()
             if not held:
                 lost.set()
                 work.cancel()

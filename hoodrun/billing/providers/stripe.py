@@ -99,9 +99,21 @@ _TAX_ID_TYPES: Final[dict[str, str]] = {
 _PAGE = 100
 
 
+# Where Stripe's API counts a currency in other units than ISO 4217's minor unit: ISK and UGX
+# are zero-decimal in ISO but two-decimal at Stripe (100 = 1 ISK).
+_STRIPE_EXPONENT = {"ISK": 2, "UGX": 2}
+
+
+def _exponent(currency: str) -> int:
+    return _STRIPE_EXPONENT.get(currency.upper(), minor_units(currency))
+
+
 def to_minor(amount: Decimal, currency: str) -> int:
-    """``amount`` in integer minor units of ``currency`` (12.50 USD -> 1250), refused if finer."""
-    scaled = amount.scaleb(minor_units(currency))
+    """``amount`` in the integer units Stripe counts ``currency`` in (12.50 USD -> 1250),
+    refused if finer than the currency's minor unit."""
+    if amount.scaleb(minor_units(currency)) != amount.scaleb(minor_units(currency)).to_integral():
+        raise ProviderRejected(f"{amount} {currency} is finer than the currency's minor unit")
+    scaled = amount.scaleb(_exponent(currency))
     if scaled != scaled.to_integral_value():
         raise ProviderRejected(f"{amount} {currency} is finer than the currency's minor unit")
     return int(scaled)
@@ -109,7 +121,7 @@ def to_minor(amount: Decimal, currency: str) -> int:
 
 def from_minor(amount: int, currency: str) -> Decimal:
     """Integer minor units of ``currency`` as a ``Decimal`` amount (1250 USD -> 12.50)."""
-    return Decimal(amount).scaleb(-minor_units(currency))
+    return Decimal(amount).scaleb(-_exponent(currency))
 
 
 @dataclass(frozen=True, slots=True)
