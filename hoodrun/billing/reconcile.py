@@ -60,6 +60,15 @@ MATCH_RATIO = Gauge(
     "hoodrun_billing_reconciliation_match_ratio",
     "Share of the invoices checked by the last reconciliation whose provider total matched.",
 )
+LAST_RUN = Gauge(
+    "hoodrun_billing_reconciliation_last_run_timestamp_seconds",
+    "When the last reconciliation ended (Unix time); with ``unreachable`` invoices it checked "
+    "less than it should.",
+)
+UNREACHABLE = Gauge(
+    "hoodrun_billing_reconciliation_unreachable",
+    "Invoices the last reconciliation could not check (their provider did not answer).",
+)
 CHECKED = Counter(
     "hoodrun_billing_reconciliations_total",
     "Invoices checked by reconciliation, by result.",
@@ -118,8 +127,10 @@ class Reconciler:
         for invoice_id in ids:
             invoice = await billing.invoices.get(invoice_id)
             await self._check(invoice, result)
-        if result.checked:
+        if result.checked:  # a run that reached no provider says nothing of the match
             MATCH_RATIO.set(result.ratio)
+        UNREACHABLE.set(len(result.unreachable))
+        LAST_RUN.set(self._clock().timestamp())
         return result
 
     async def _check(self, invoice: Invoice, result: ReconcileResult) -> None:
@@ -186,7 +197,7 @@ class Reconciler:
         await self._alert(invoice, "firing", problem or "")
         if reported <= expected or notes_pending(notes):
             return
-        if invoice.status == "paid":
+        if invoice.status == "paid" or remote.status == "paid":
             # Money was taken beyond the snapshot: a note would hide it, not pay it back. The
             # alert stays until an operator refunds the difference.
             log.error(
