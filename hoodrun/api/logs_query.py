@@ -251,7 +251,9 @@ def logs_query_router(
         code: {"model": ErrorOut} for code in (400, 401, 403, 422, 503)
     }
     router = APIRouter(prefix="/logs/v1", tags=["logs"], responses=errors)
-    Scope = Annotated[ProjectScope, Depends(scope_dependency)]
+    # A default, not an Annotated alias: the alias would be local, and the annotations (strings
+    # here) are resolved in the module's namespace.
+    scope_of = Depends(scope_dependency)
 
     def store() -> AnalyticsStore:
         found = store_getter()
@@ -265,8 +267,8 @@ def logs_query_router(
 
     @router.get("/search")
     async def search(
-        scope: Scope,
         filters: Filters,
+        scope: ProjectScope = scope_of,
         from_: From = None,
         to: To = None,
         limit: Limit = 100,
@@ -284,7 +286,11 @@ def logs_query_router(
 
     @router.get("/errors/top")
     async def top_errors(
-        scope: Scope, filters: Filters, from_: From = None, to: To = None, limit: Limit = 20
+        filters: Filters,
+        scope: ProjectScope = scope_of,
+        from_: From = None,
+        to: To = None,
+        limit: Limit = 20,
     ) -> TopErrorsOut:
         """Errors (levels error and fatal) by fingerprint, the most frequent first."""
 
@@ -298,7 +304,7 @@ def logs_query_router(
 
     @router.get("/stats/error-rate")
     async def error_rate(
-        scope: Scope, filters: Filters, from_: From = None, to: To = None
+        filters: Filters, scope: ProjectScope = scope_of, from_: From = None, to: To = None
     ) -> ErrorRateOut:
         """Lines, error lines and their rate per 5 minutes (every window, zeros included)."""
 
@@ -310,7 +316,7 @@ def logs_query_router(
 
     @router.get("/stats/volume")
     async def volume(
-        scope: Scope, filters: Filters, from_: From = None, to: To = None
+        filters: Filters, scope: ProjectScope = scope_of, from_: From = None, to: To = None
     ) -> VolumeOut:
         """Lines per level."""
 
@@ -321,7 +327,9 @@ def logs_query_router(
         return VolumeOut.model_validate(await logs(run))
 
     @router.get("/stats/daily")
-    async def daily(scope: Scope, filters: Filters, from_: From = None, to: To = None) -> DailyOut:
+    async def daily(
+        filters: Filters, scope: ProjectScope = scope_of, from_: From = None, to: To = None
+    ) -> DailyOut:
         """Lines per UTC day (by default the last 7 days)."""
 
         async def run(query: LogQuery) -> dict[str, Any]:
@@ -332,7 +340,7 @@ def logs_query_router(
 
     @router.get("/requests")
     async def requests(
-        scope: Scope,
+        scope: ProjectScope = scope_of,
         from_: From = None,
         to: To = None,
         chain: Annotated[str | None, Query(description="A chain, or a comma list.")] = None,
@@ -372,8 +380,8 @@ def logs_query_router(
 
     @router.get("/requests/{request_id}", responses={404: {"model": ErrorOut}})
     async def request_detail(
-        scope: Scope,
         request_id: Annotated[str, Path(description="The X-Request-Id the gateway returned.")],
+        scope: ProjectScope = scope_of,
         from_: Annotated[
             str | None,
             Query(alias="from", description="Narrow the lookup (default: every kept day)."),

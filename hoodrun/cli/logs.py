@@ -117,10 +117,8 @@ def _time(value: str, spec: str = "%Y-%m-%d %H:%M:%S") -> str:
     return f"{text}.{when.microsecond // 1000:03d}" if spec.endswith("%S") else text
 
 
-def _table(report: dict[str, Any], *columns: str | tuple[str, str]) -> Table:
-    minute = "%Y-%m-%d %H:%M"
-    caption = f"{_time(report['start'], minute)} to {_time(report['end'], minute)} UTC"
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, caption=caption)
+def _table(*columns: str | tuple[str, str]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
         name, justify = column if isinstance(column, tuple) else (column, "left")
         table.add_column(name, justify=justify, no_wrap=justify == "right")  # type: ignore[arg-type]
@@ -135,7 +133,10 @@ def _show(report: dict[str, Any], as_json: bool, table: Callable[[dict[str, Any]
         stderr.print("Nothing in this range.")
         return
     # A console made now measures the terminal now; rich reads $COLUMNS once, when it is made.
-    Console(highlight=False).print(table(report))
+    console = Console(highlight=False)
+    console.print(table(report))
+    minute = "%Y-%m-%d %H:%M"
+    console.print(f"{_time(report['start'], minute)} to {_time(report['end'], minute)} UTC")
     if report.get("next_cursor"):
         stderr.print(f"More: --cursor {report['next_cursor']}")
 
@@ -168,7 +169,7 @@ def search(
     report = _run(ctx, org, project, work)
 
     def table(report: dict[str, Any]) -> Table:
-        out = _table(report, "time (UTC)", "level", "service", "message")
+        out = _table("time (UTC)", "level", "service", "message")
         for row in report["rows"]:
             message = row["message"].splitlines()[0] if row["message"] else ""
             out.add_row(_time(row["ts"]), row["level"], escape(row["service"]), escape(message))
@@ -202,7 +203,7 @@ def top(
 
     def table(report: dict[str, Any]) -> Table:
         out = _table(
-            report, ("count", "right"), ("fatal", "right"), "first seen", "last seen",
+            ("count", "right"), ("fatal", "right"), "first seen", "last seen",
             "fingerprint", "sample",
         )  # fmt: skip
         for row in report["rows"]:
@@ -238,8 +239,13 @@ def errors_rate(
     report = _run(ctx, org, project, work)
 
     def table(report: dict[str, Any]) -> Table:
-        out = _table(report, "window", ("lines", "right"), ("errors", "right"), ("%", "right"))
+        out = _table("window", ("lines", "right"), ("errors", "right"), ("%", "right"))
+        quiet = sum(1 for row in report["rows"] if not row["total"])
+        if quiet:
+            out.caption = f"{quiet:,} windows without lines are not shown."
         for row in report["rows"]:
+            if not row["total"]:
+                continue
             out.add_row(
                 _time(row["window"], "%Y-%m-%d %H:%M"),
                 f"{row['total']:,}",
@@ -280,7 +286,7 @@ def volume(
     report = _run(ctx, org, project, work)
 
     def table(report: dict[str, Any]) -> Table:
-        out = _table(report, "day" if daily else "level", ("lines", "right"))
+        out = _table("day" if daily else "level", ("lines", "right"))
         for row in report["rows"]:
             out.add_row(row["day"] if daily else row["level"], f"{row['lines']:,}")
         out.add_row("total", f"{report['total']:,}", style="bold")
@@ -340,7 +346,7 @@ def requests(
 
     def table(report: dict[str, Any]) -> Table:
         out = _table(
-            report, "time (UTC)", "request", "chain", "method", "outcome",
+            "time (UTC)", "request", "chain", "method", "outcome",
             ("code", "right"), ("ms", "right"), ("CU", "right"),
         )  # fmt: skip
         for row in report["rows"]:
