@@ -188,6 +188,7 @@ async def run_platform(
                     units=compute_units(config),
                 ),
                 logs=logs,
+                logs_store=lambda: reports.store if reports is not None else None,
                 verifier=verifier,
             )
             server = _Uvicorn(

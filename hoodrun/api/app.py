@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from hoodrun.metering.store import ContractBook, CreditBook
     from hoodrun.ops.alerts import AlertBook
     from hoodrun.telemetry.reporting import Reports
+    from hoodrun.telemetry.store import AnalyticsStore
 
 __all__ = ["ACTOR", "create_api_app"]
 
@@ -101,6 +102,7 @@ def create_api_app(
     accounts: tuple[ContractBook, CreditBook] | None = None,
     billing: tuple[InvoiceBook, JobQueue] | None = None,
     logs: LogIngestor | None = None,
+    logs_store: Callable[[], AnalyticsStore | None] | None = None,
     verifier: KeyVerifier | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
@@ -113,7 +115,9 @@ def create_api_app(
     ``billing`` (invoices and the job queue) the invoice and period-close routes, and Stripe's
     webhook when ``billing.stripe.webhook_secret`` is set. ``logs`` adds ``POST /logs/v1``
     (application logs, with a project's API key checked by ``verifier``; default: one on
-    ``keys`` that learns of revocations within ``gateway.key_cache_ttl``).
+    ``keys`` that learns of revocations within ``gateway.key_cache_ttl``); ``logs_store`` (the
+    analytics store, or ``None`` while unavailable: 503) the project's log search, stats and
+    request explorer (``GET /logs/v1/...``), with the same keys.
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -260,11 +264,20 @@ def create_api_app(
         from hoodrun.api.entitlements import entitlements_router
 
         app.include_router(entitlements_router(entitlements, token))
-    if logs is not None:
-        from hoodrun.api.logs import logs_router
+    if logs is not None or logs_store is not None:
+        from hoodrun.api.projects import project_scope
 
-        verifier = verifier or _key_verifier(config, keys)
-        app.include_router(logs_router(logs, verifier, token))
+        if verifier is None:  # not ``or``: an empty cache is falsy (it has a __len__)
+            verifier = _key_verifier(config, keys)
+        scope = project_scope(verifier, token)
+        if logs is not None:
+            from hoodrun.api.logs import logs_router
+
+            app.include_router(logs_router(logs, scope))
+        if logs_store is not None:
+            from hoodrun.api.logs_query import logs_query_router
+
+            app.include_router(logs_query_router(logs_store, scope))
     return app
 
 

@@ -11,16 +11,16 @@ type, 422 invalid lines, 429 rate limit or daily quota, 503 queue full or store 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hoodrun.api.projects import ProjectScope, project_scope
+from hoodrun.api.projects import ProjectScope
 from hoodrun.explorer.ingest import LogIngestor
 from hoodrun.explorer.lines import JSON_TYPES, MSGPACK_TYPES, BodyTooLarge, InvalidLogs, LogsError
-from hoodrun.keys.verifier import KeyVerifier
 
 __all__ = ["AcceptedOut", "LogLineIn", "logs_router"]
 
@@ -83,10 +83,15 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def logs_router(ingestor: LogIngestor, verifier: KeyVerifier, admin_token: str | None) -> APIRouter:
-    """``POST /logs/v1`` into ``ingestor``, for the project of the caller's API key."""
+def logs_router(
+    ingestor: LogIngestor, scope_dependency: Callable[..., Awaitable[ProjectScope]]
+) -> APIRouter:
+    """``POST /logs/v1`` into ``ingestor``, for the project of the caller's API key
+    (``scope_dependency`` is ``project_scope(...)``)."""
     router = APIRouter(prefix="/logs", tags=["logs"])
-    scope = project_scope(verifier, admin_token)
+    # A default, not an Annotated alias: the alias would be local, and the annotations (strings
+    # here) are resolved in the module's namespace.
+    scope_of = Depends(scope_dependency)
     line = LogLineIn.model_json_schema()
     body_schema = {
         "oneOf": [
@@ -111,9 +116,7 @@ def logs_router(ingestor: LogIngestor, verifier: KeyVerifier, admin_token: str |
             }
         },
     )
-    async def ingest_logs(
-        request: Request, caller: Annotated[ProjectScope, Depends(scope)]
-    ) -> JSONResponse:
+    async def ingest_logs(request: Request, caller: ProjectScope = scope_of) -> JSONResponse:
         """Store log lines of the key's project (all or none); answers once they are stored."""
         content_type = request.headers.get("content-type", "")
         try:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["app"]
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     no_args_is_help=True,
     help="A project's logs and request records (the analytics store; not while `hoodrun up` "
     "holds an embedded store: ask its API then).",

@@ -41,5 +41,7 @@ class LogsConfig(_Model):
     plans: dict[str, LogPlanLimits] = Field(
         default_factory=dict, description="Per plan name: limits and retention of its projects."
     )
-    flush_interval: float = Field(default=0.25, gt=0, description="Seconds between writes.")
+    flush_interval: float = Field(
+        default=0.25, gt=0, description="Seconds before the first retry of a failed write."
+    )
     write_batch: int = Field(default=50_000, ge=1, description="Lines per write, at most.")

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import orjson
 
 from hoodrun.explorer.schema import LEVELS
@@ -452,7 +452,9 @@ def parse_logs(
         if "ts" in item:
             if raw_ts is not None:
                 errors.append(FieldError(index, "ts", "give timestamp or ts, not both"))
-            name, raw_ts = "ts", item["ts"]
+                raw_ts = None
+            else:
+                name, raw_ts = "ts", item["ts"]
         if raw_ts is not None:
             try:
                 stamp = _timestamp(raw_ts)
@@ -496,7 +498,8 @@ def parse_logs(
         )
         if len(errors) > before:
             continue
-        if cuts:
+        if cuts:  # replaces a client's own _truncated: a Map keeps duplicate keys
+            attributes = [pair for pair in attributes if pair[0] != "_truncated"]
             attributes.append(("_truncated", ",".join(cuts)))
         lines.ts.append(stamp)
         lines.id.append(line_id)
