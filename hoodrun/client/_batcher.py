@@ -31,13 +31,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 from hoodrun import __version__
 
-__all__ = ["MAX_RETRY_AFTER", "Batcher", "ClientClosed", "ClientError"]
+__all__ = ["MAX_RETRY_AFTER", "Batcher", "ClientClosed", "ClientError", "Counted"]
 
 T = TypeVar("T")
 
@@ -421,3 +421,29 @@ class Batcher(Generic[T]):
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):  # no stderr (closed, or none at all)
             pass
+
+
+class Counted:
+    """What a sender built on a ``Batcher`` (``self._batcher``) tells of its items."""
+
+    _batcher: Batcher[Any]
+
+    @property
+    def sent(self) -> int:
+        """Items the server took."""
+        return self._batcher.sent
+
+    @property
+    def retried(self) -> int:
+        """Batches sent again (after a 429, a 503, a 5xx or a network error)."""
+        return self._batcher.retried
+
+    @property
+    def dropped(self) -> int:
+        """Items lost: no room in time, refused by the server, or unsent at the close."""
+        return self._batcher.dropped
+
+    @property
+    def pending(self) -> int:
+        """Items given and not yet sent (or dropped)."""
+        return self._batcher.pending

@@ -34,7 +34,7 @@ import httpx
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 import orjson
 
-from hoodrun.client._batcher import Batcher
+from hoodrun.client._batcher import Batcher, Counted
 
 __all__ = ["MAX_EXTRA", "HoodRunLogHandler", "level_name"]
 
@@ -73,7 +73,7 @@ def _json(lines: Sequence[dict[str, Any]]) -> tuple[bytes, str]:
     return orjson.dumps(lines), "application/json"
 
 
-class HoodRunLogHandler(logging.Handler):
+class HoodRunLogHandler(Counted, logging.Handler):
     """Send log records to ``url``'s ``/logs/v1`` with a project's ``api_key`` (see the module
     docstring). ``sent``, ``retried`` and ``dropped`` count lines, retries and lines lost;
     ``flush(timeout)`` waits for what was logged so far; ``close()`` (also at exit) sends what
@@ -120,26 +120,6 @@ class HoodRunLogHandler(logging.Handler):
 
     def __repr__(self) -> str:
         return f"<HoodRunLogHandler {self._batcher.url} ({logging.getLevelName(self.level)})>"
-
-    @property
-    def sent(self) -> int:
-        """Lines the server took."""
-        return self._batcher.sent
-
-    @property
-    def retried(self) -> int:
-        """Batches sent again (after a 429, a 503, a 5xx or a network error)."""
-        return self._batcher.retried
-
-    @property
-    def dropped(self) -> int:
-        """Lines lost: no room in time, refused by the server, or unsent at the close."""
-        return self._batcher.dropped
-
-    @property
-    def pending(self) -> int:
-        """Lines logged and not yet sent (or dropped)."""
-        return self._batcher.pending
 
     def line(self, record: logging.LogRecord) -> dict[str, Any]:
         """The log line of ``record``."""

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from hoodrun.client._batcher import Batcher, ClientClosed
+from hoodrun.client._batcher import Batcher, ClientClosed, Counted
 
 __all__ = ["UsageRecorder"]
 
@@ -35,7 +35,7 @@ def _batch(events: Sequence[bytes]) -> tuple[bytes, str]:
     return b"[" + b",".join(events) + b"]", BATCH_TYPE
 
 
-class UsageRecorder:
+class UsageRecorder(Counted):
     """Record usage events for ``url``'s meters with the admin ``token`` (see the module
     docstring). ``sent``, ``retried`` and ``dropped`` count events, retries and events lost;
     ``flush(timeout)`` waits for what was recorded so far; ``close()`` (also at exit) sends what
@@ -78,26 +78,6 @@ class UsageRecorder:
 
     def __repr__(self) -> str:
         return f"<UsageRecorder {self._batcher.url} source={self.source!r}>"
-
-    @property
-    def sent(self) -> int:
-        """Events the server took."""
-        return self._batcher.sent
-
-    @property
-    def retried(self) -> int:
-        """Batches sent again (after a 429, a 503, a 5xx or a network error)."""
-        return self._batcher.retried
-
-    @property
-    def dropped(self) -> int:
-        """Events lost: no room in time, refused by the server, or unsent at the close."""
-        return self._batcher.dropped
-
-    @property
-    def pending(self) -> int:
-        """Events recorded and not yet sent (or dropped)."""
-        return self._batcher.pending
 
     def record(
         self,
