@@ -5,13 +5,11 @@ row per org with a contract in the month, once the month has ended (``PeriodNotE
 
 What is counted
     Billable usage of [start, end) from the hourly rollups (``usage_hourly FINAL``), in one query
-    for every org: calls answered by a node or the cache (outcome ok or rpc_error) count as
-    requests and their compute units count; WebSocket notifications (``eth_subscription``) add
-    compute units only; refused and failed calls count nothing. Rows are kept by (chain, method);
-    a method's kind is trace (``trace_*``, ``debug_*``) or plain. Whether a call needed an archive
-    node is not in the records, so ``archive`` multipliers never apply here. The plan's
-    ``price.meter`` (requests or compute_units) picks the quantity rated. A plan pricing an event
-    meter (``meters:``) is not rated here: its orgs are errors of the close, named in the result.
+    for every org, kept by (chain, method); which calls count, and how, is in ``_close_usage``.
+    Whether a call needed an archive node is not in the records, so ``archive`` multipliers never
+    apply here. The plan's ``price.meter`` (requests or compute_units) picks the quantity rated. A
+    plan pricing an event meter (``meters:``) is not rated here: its orgs are errors of the close,
+    named in the result.
 
 Contracts
     Every contract overlapping the month, for every org, in one query. One covering the month is
@@ -55,18 +53,32 @@ Snapshots
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import or_, select
 
+from hoodrun.billing._close_usage import (
+    USAGE_BY_HOUR,
+    USAGE_BY_METHOD,
+    _add,
+    _batches,
+    _Counts,
+    _nothing,
+    _outside_terms,
+    _Part,
+    _parts,
+    _split,
+    _unbilled,
+    _unbilled_of,
+    _usage_json,
+    _weigh,
+)
 from hoodrun.billing.snapshots import (
     CloseResult,
     Snapshot,
@@ -76,10 +88,10 @@ from hoodrun.billing.snapshots import (
     verify_snapshot,
 )
 from hoodrun.config import Config
-from hoodrun.metering.config import BUILTIN_METERS, PriceConfig, TierConfig
+from hoodrun.metering.config import BUILTIN_METERS, PriceConfig
 from hoodrun.metering.entitlements import method_kind, month_bounds
 from hoodrun.metering.money import Money, total
-from hoodrun.metering.rating import ContractTerms, RatedPeriod, prorate, rate_period, weigh
+from hoodrun.metering.rating import RatedPeriod, prorate, rate_period
 from hoodrun.metering.store import Contract
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import closing_snapshots, contracts, orgs
@@ -108,41 +120,12 @@ log = logging.getLogger("hoodrun.billing")
 LATE_PERIODS = 2
 """How many months before the one closed are recounted for late usage."""
 
-_BILLABLE = "outcome IN ('ok', 'rpc_error')"
-_CALLS = f"{_BILLABLE} AND method != 'eth_subscription'"
-
-# Billable usage of [start, end) per org, chain and method.
-USAGE_BY_METHOD = f"""
-SELECT org_id, chain, method,
-    sumIf(requests, {_CALLS}) AS requests,
-    sumIf(compute_units, {_BILLABLE}) AS compute_units
-FROM {{db}}.usage_hourly FINAL
-WHERE hour >= toDateTime({{start:Int64}}, 'UTC') AND hour < toDateTime({{end:Int64}}, 'UTC')
-    AND org_id != ''
-GROUP BY org_id, chain, method
-HAVING requests > 0 OR compute_units > 0
-"""  # noqa: S608 (constant fragments; values are parameters)
-
-# The same per hour, for the orgs named (comma-separated ids): those whose month splits in parts.
-USAGE_BY_HOUR = f"""
-SELECT org_id, toUnixTimestamp(hour) AS hour, chain, method,
-    sumIf(requests, {_CALLS}) AS requests,
-    sumIf(compute_units, {_BILLABLE}) AS compute_units
-FROM {{db}}.usage_hourly FINAL
-WHERE hour >= toDateTime({{start:Int64}}, 'UTC') AND hour < toDateTime({{end:Int64}}, 'UTC')
-    AND has(splitByChar(',', {{orgs:String}}), org_id)
-GROUP BY org_id, hour, chain, method
-HAVING requests > 0 OR compute_units > 0
-"""  # noqa: S608
-
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
 _INSERT_BATCH = 500
 _IN_BATCH = 1000
 _YIELD_EVERY = 50  # orgs rated between two yields to the event loop
 
 Progress = Callable[[int, int], None]
-# (chain, method) -> [requests, compute units]
-_Counts = dict[tuple[str, str], list[int]]
 
 
 class CloseError(Exception):
@@ -198,13 +181,6 @@ def previous_period(period: str, months: int = 1) -> str:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    start: datetime
-    end: datetime
-    contract: Contract | None
 
 
 class PeriodCloser:
@@ -624,110 +600,3 @@ class PeriodCloser:
                 },
             )
         return written, raced
-
-
-# --- helpers -------------------------------------------------------------------------------------
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for index in range(0, len(items), size):
-        yield items[index : index + size]
-
-
-def _parts(history: Sequence[Contract], start: datetime, end: datetime) -> list[_Part]:
-    """The month cut where the contract in force changes (None: no contract)."""
-    cuts = {start, end}
-    for other in history:
-        for at in (other.starts_at, other.ends_at):
-            if at is not None and start < at < end:
-                cuts.add(at)
-    points = sorted(cuts)
-    parts: list[_Part] = []
-    for left, right in itertools.pairwise(points):
-        # The newest contract covering the part's start, as ContractBook decides.
-        covering = [c for c in history if c.in_force(left)]
-        contract = covering[-1] if covering else None
-        if parts and _same(parts[-1].contract, contract):
-            parts[-1] = _Part(parts[-1].start, right, contract)
-        else:
-            parts.append(_Part(left, right, contract))
-    return parts
-
-
-def _same(a: Contract | None, b: Contract | None) -> bool:
-    return (a.id if a else None) == (b.id if b else None)
-
-
-def _split(parts: Sequence[_Part], hourly: Mapping[int, _Counts]) -> list[_Counts]:
-    """Hourly usage into the parts: an hour goes to the part its start falls in."""
-    out: list[_Counts] = [{} for _ in parts]
-    for hour, counts in hourly.items():
-        at = datetime.fromtimestamp(hour, UTC)
-        index = next((i for i, p in enumerate(parts) if p.start <= at < p.end), len(parts) - 1)
-        for key, (requests, units) in counts.items():
-            into = out[index].setdefault(key, [0, 0])
-            into[0] += requests
-            into[1] += units
-    return out
-
-
-def _add(counts: _Counts, item: Mapping[str, Any]) -> None:
-    into = counts.setdefault((str(item["chain"]), str(item["method"])), [0, 0])
-    into[0] += int(item["requests"])
-    into[1] += int(item["compute_units"])
-
-
-def _weigh(counts: _Counts, price: PriceConfig) -> Decimal:
-    """The quantity of ``price.meter`` the counts weigh under ``price``'s multipliers."""
-    index = 0 if price.meter == "requests" else 1
-    rows = (
-        (chain, method_kind(method), Decimal(c[index])) for (chain, method), c in counts.items()
-    )
-    return weigh(rows, price)
-
-
-def _usage_json(counts: _Counts) -> list[dict[str, Any]]:
-    return [
-        {
-            "chain": chain,
-            "kind": method_kind(method),
-            "method": method,
-            "requests": requests,
-            "compute_units": units,
-        }
-        for (chain, method), (requests, units) in sorted(counts.items())
-    ]
-
-
-def _unbilled(org: str, period: str, counts: _Counts, reason: str) -> Unbilled:
-    requests = sum(value[0] for value in counts.values())
-    units = sum(value[1] for value in counts.values())
-    return Unbilled(org, period, requests, units, reason)
-
-
-def _unbilled_of(
-    org: str, period: str, usage: _Counts | None, late: Sequence[Mapping[str, Any]]
-) -> list[Unbilled]:
-    """An org without a contract in ``period``: its usage, and its late usage per month."""
-    out = [_unbilled(org, period, usage, f"no contract in {period}")] if usage else []
-    by_month: dict[str, _Counts] = defaultdict(dict)
-    for row in late:
-        _add(by_month[row["period"]], row)
-    for month, counts in sorted(by_month.items()):
-        out.append(_unbilled(org, month, counts, f"late usage; no contract in {period}"))
-    return out
-
-
-def _nothing(currency: str) -> PriceConfig:
-    """A price that charges nothing and shows no line."""
-    return PriceConfig(type="METERED", currency=currency, tiers=(TierConfig(),))
-
-
-def _outside_terms(contract: Contract) -> ContractTerms:
-    """Terms for a part outside any contract: no discount or minimum, the contract's tax terms."""
-    return ContractTerms(
-        currency=contract.currency,
-        country=contract.country,
-        tax_id=contract.tax_id,
-        business=contract.business,
-    )

@@ -3,8 +3,9 @@ through their states, every change audited in the transaction that makes it.
 
 This module holds the ``InvoiceBook`` and the package's public names. How a snapshot becomes an
 invoice's lines and totals (the snapshot's format, rounding, conversion) is in ``_building``;
-credit notes and refunds in ``_adjustments``; the values, errors and what callers pass in
-``_values``.
+how the org's credits are spent on it exactly once in ``_credits``; credit notes and refunds in
+``_adjustments``; what a provider is sent (``InvoiceBook.draft``) in ``_drafts``; the values,
+errors and what callers pass in ``_values``.
 
 States
     ``draft`` (made, not sent) → ``open`` (issued by the provider) → ``paid`` | ``void`` |
@@ -19,18 +20,6 @@ Numbers
     gaps: the number is taken inside the transaction that inserts the invoice (the highest of
     the year plus one), and a transaction that loses the race to another one (the unique
     number) starts again.
-
-Credits, exactly once
-    The org's credits are spent after the invoice exists, by the ``credits`` callable (one
-    call, the invoice's number as the reference), and the credit line is added in a second
-    step. A crash between the two leaves the credits spent and the invoice without its credit
-    line; the retry (``create_from_snapshot`` again, which returns the existing invoice) finds
-    the spend in ``credit_ledger`` by that reference and records it instead of spending again.
-    So the callable must write ``reference`` on its ledger rows (``CreditBook.consume`` does).
-    The credit line is added even when the credits paid nothing, so the credits are never
-    asked twice. Two processes completing the same invoice at once are kept apart by a lock on
-    the invoice row held across the spending (PostgreSQL); SQLite, one machine, by a lock in
-    the process and a check before the credit line is written.
 """
 
 from __future__ import annotations
@@ -40,7 +29,6 @@ import builtins
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from decimal import localcontext
 from typing import Any
 
 from sqlalchemy import RowMapping, func, insert, select, update
@@ -49,8 +37,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hoodrun.billing.invoices._adjustments import CreditNote, InvoiceAdjustments, Refund
 from hoodrun.billing.invoices._building import _build, _Built
+from hoodrun.billing.invoices._credits import InvoiceCredits, _credits_due
+from hoodrun.billing.invoices._drafts import InvoiceDrafts
+
+# PROVIDERS, STATUSES and Provider: public names outside ``__all__``, importable from here as
+# before.
+from hoodrun.billing.invoices._values import PROVIDERS as PROVIDERS
+from hoodrun.billing.invoices._values import STATUSES as STATUSES
 from hoodrun.billing.invoices._values import (
-    _ONE,
     AdjustmentRefused,
     BillingAccount,
     CreditsLike,
@@ -68,23 +62,14 @@ from hoodrun.billing.invoices._values import (
     SnapshotNotFound,
     _either,
     _invoice,
-    _line_json,
-    _mul,
 )
-
-# Public names outside ``__all__``, importable from here as before.
-from hoodrun.billing.invoices._values import PROVIDERS as PROVIDERS
-from hoodrun.billing.invoices._values import STATUSES as STATUSES
 from hoodrun.billing.invoices._values import Provider as Provider
-from hoodrun.billing.providers import InvoiceDraft, InvoiceLineDraft
 from hoodrun.config import Config
-from hoodrun.metering.money import Money, round_line
+from hoodrun.metering.money import Money
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import (
     billing_accounts,
     closing_snapshots,
-    credit_grants,
-    credit_ledger,
     invoices,
     orgs,
 )
@@ -131,7 +116,7 @@ def _utc_now() -> datetime:
 # --- the book ------------------------------------------------------------------------------------
 
 
-class InvoiceBook(InvoiceAdjustments):
+class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
     """Invoices in the business store: make them from snapshots, move them, read them.
 
     ``ledger`` (optional) gets an entry in the transaction of each money event: an invoice
@@ -169,7 +154,8 @@ class InvoiceBook(InvoiceAdjustments):
         issue_date: date | None = None,
         actor: str = "billing",
     ) -> Invoice:
-        """The invoice of the snapshot, made as a draft if there is none yet (see the module).
+        """The invoice of the snapshot, made as a draft if there is none yet (see the module, and
+        ``_credits`` for the credits).
 
         ``currency`` (default: the snapshot's) is what the invoice is issued in; another one
         needs ``fx`` from the snapshot's currency to it. ``credits`` spends the org's credit on
@@ -312,112 +298,6 @@ class InvoiceBook(InvoiceAdjustments):
             },
         )
         return await self._read(conn, invoice_id)
-
-    # --- credits -------------------------------------------------------------------------------
-
-    async def _apply_credits(self, invoice: Invoice, credits: CreditsLike, actor: str) -> Invoice:
-        if self._store.dialect == "postgresql":
-            # The invoice row stays locked while the credits are spent (on another connection,
-            # which never touches it): a second process waits, then finds the credit line.
-            async with self._store.transaction() as conn:
-                current = await self._locked(conn, invoice.id)
-                if not _credits_due(current):
-                    return current
-                paid = await self._credit_paid(current, credits)
-                return await self._record_credits(conn, current, paid, actor)
-        # SQLite: spending takes the database's write lock, so no transaction can stay open
-        # around it; this process's callers take turns, and the row is checked again before the
-        # credit line is written.
-        async with self._credit_lock:
-            current = await self.get(invoice.id)
-            if not _credits_due(current):
-                return current
-            paid = await self._credit_paid(current, credits)
-            async with self._store.transaction() as conn:
-                again = await self._locked(conn, invoice.id)
-                if not _credits_due(again):
-                    raise InvoiceError(
-                        f"invoice {again.number} changed while its credits were spent: check "
-                        f"credit_ledger rows with reference {again.number}"
-                    )
-                return await self._record_credits(conn, again, paid, actor)
-
-    async def _credit_paid(self, invoice: Invoice, credits: CreditsLike) -> Money:
-        """What credit paid: the spend already recorded under the invoice's number, if any (a
-        crash came between spending and recording), else what spending now pays."""
-        paid = await self._spent(invoice)
-        if paid is None:
-            paid = await credits(invoice.org_id, invoice.total, invoice.number)
-        if not isinstance(paid, Money) or paid.currency != invoice.currency:
-            raise InvoiceError(
-                f"the credits paid {paid} on invoice {invoice.number}, in {invoice.currency}"
-            )
-        if paid.amount < 0 or paid > invoice.total or not paid.is_rounded():
-            raise InvoiceError(
-                f"the credits paid {paid} on invoice {invoice.number}, whose total is "
-                f"{invoice.total}: check credit_ledger rows with reference {invoice.number}"
-            )
-        return paid
-
-    async def _spent(self, invoice: Invoice) -> Money | None:
-        """The credit spent under the invoice's number, ``None`` when nothing was."""
-        stmt = (
-            select(credit_ledger.c.amount, credit_grants.c.currency)
-            .join(credit_grants, credit_grants.c.id == credit_ledger.c.grant_id)
-            .where(credit_ledger.c.reference == invoice.number)
-            .where(credit_grants.c.org_id == invoice.org_id)
-        )
-        async with self._store.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        # Amounts are compared in Python: SQLite stores them as text.
-        spends = [(-amount, currency) for amount, currency in rows if amount < 0]
-        if not spends:
-            return None
-        spent = Money.zero(invoice.currency)
-        for amount, currency in spends:
-            if currency == invoice.currency:
-                spent += Money(amount, currency)
-            elif currency == invoice.original_currency and invoice.fx_rate is not None:
-                converted = _mul(amount, invoice.fx_rate)
-                spent += Money(round_line(converted, invoice.currency), invoice.currency)
-            else:
-                raise InvoiceError(
-                    f"credit spent on invoice {invoice.number} is in {currency}, neither the "
-                    f"invoice's currency nor its original one"
-                )
-        return spent
-
-    async def _record_credits(
-        self, conn: AsyncConnection, invoice: Invoice, paid: Money, actor: str
-    ) -> Invoice:
-        now = self._clock()
-        description = "credit applied" if paid.amount > 0 else "credit: none available"
-        line = InvoiceLine("credit", description, _ONE, paid, paid)
-        # The stored lines as they are (with their marks), and the credit line marked as the
-        # one that asked the credits.
-        stored = await conn.scalar(select(invoices.c.lines).where(invoices.c.id == invoice.id))
-        lines = [*(stored or []), {**_line_json(line), "consumed": True}]
-        await conn.execute(
-            update(invoices)
-            .where(invoices.c.id == invoice.id)
-            .values(
-                lines=lines,
-                credits=(invoice.credits + paid).amount,
-                total=(invoice.total - paid).amount,
-                updated_at=now,
-            )
-        )
-        await write_audit(
-            conn,
-            at=now,
-            actor=actor,
-            action="invoice.credits",
-            target_type="invoice",
-            target_id=invoice.id,
-            details={"number": invoice.number, "paid": str(paid.amount), "currency": paid.currency},
-        )
-        # The spend's ledger entry (credits.consumed) is the spender's, written with the spend.
-        return await self._read(conn, invoice.id)
 
     # --- transitions ---------------------------------------------------------------------------
 
@@ -583,51 +463,6 @@ class InvoiceBook(InvoiceAdjustments):
             details = {"invoice": invoice.id, "number": invoice.number, "period": invoice.period}
             await self._ledger.append(kind, invoice.org_id, reference, amount, details, conn=conn)
 
-    # --- the provider's view -------------------------------------------------------------------
-
-    def draft(self, invoice: Invoice, *, tax_name: str, reverse_charge: bool) -> InvoiceDraft:
-        """What a provider is sent: the lines without tax lines (each with its tax rate; the
-        deductions negative; a credit line that paid nothing left out) and HoodRun's totals."""
-        lines = tuple(
-            _draft_line(line)
-            for line in invoice.lines
-            if line.kind != "tax" and not (line.kind == "credit" and line.amount.is_zero())
-        )
-        metadata = {
-            "invoice_id": invoice.id,
-            "number": invoice.number,
-            "org_id": invoice.org_id,
-            "period": invoice.period,
-        }
-        if invoice.snapshot_id is not None:
-            metadata["snapshot_id"] = invoice.snapshot_id
-        if invoice.original_total is not None:
-            metadata |= {
-                "original_currency": invoice.original_total.currency,
-                "original_total": str(invoice.original_total.amount),
-                "fx_rate": str(invoice.fx_rate),
-                "fx_source": str(invoice.fx_source),
-                "fx_date": str(invoice.fx_date),
-            }
-        return InvoiceDraft(
-            invoice_id=invoice.id,
-            number=invoice.number,
-            currency=invoice.currency,
-            issue_date=invoice.issue_date,
-            due_date=invoice.due_date,
-            period=invoice.period,
-            description=f"{self.config.billing.issuer.name}: {invoice.period}",
-            lines=lines,
-            subtotal=invoice.subtotal.amount,
-            tax=invoice.tax.amount,
-            credits=invoice.credits.amount,
-            total=invoice.total.amount,
-            tax_name=tax_name,
-            reverse_charge=reverse_charge,
-            exchange_rate=invoice.fx_rate,
-            metadata=metadata,
-        )
-
     # --- reading -------------------------------------------------------------------------------
 
     async def get(self, invoice_id: str) -> Invoice:
@@ -707,10 +542,6 @@ class InvoiceBook(InvoiceAdjustments):
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _credits_due(invoice: Invoice) -> bool:
-    return invoice.status == "draft" and not invoice.credits_applied and invoice.total.amount > 0
-
-
 def _final(invoice: Invoice, target: str) -> bool:
     return invoice.status == target and target in ("paid", "void", "uncollectible")
 
@@ -720,21 +551,6 @@ def _same_currency(invoice: Invoice, amount: Money, what: str) -> None:
         raise CurrencyError(
             f"{what} is in {amount.currency}; invoice {invoice.number} is in {invoice.currency}"
         )
-
-
-def _draft_line(line: InvoiceLine) -> InvoiceLineDraft:
-    sign = -1 if line.deduction else 1
-    with localcontext() as ctx:
-        ctx.prec = 28  # a unit price per single unit: enough digits, never a runaway fraction
-        unit = (line.unit_price.amount / line.per).normalize() * sign
-    return InvoiceLineDraft(
-        description=line.description,
-        quantity=line.quantity,
-        unit_price=unit,
-        amount=line.signed.amount,
-        tax_rate=line.tax_rate,
-        kind=line.kind,
-    )
 
 
 def _number_taken(exc: IntegrityError) -> bool:
