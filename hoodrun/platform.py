@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import uvicorn
 
 from hoodrun.api.app import create_api_app
@@ -44,6 +45,8 @@ from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
 from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
 from hoodrun.telemetry.store import open_analytics
+from hoodrun.webhooks import WebhookBook
+from hoodrun.webhooks import handlers as webhook_handlers
 
 if TYPE_CHECKING:
     from hoodrun.billing.invoices import InvoiceBook
@@ -191,6 +194,7 @@ async def run_platform(
                 logs=logs,
                 logs_store=lambda: reports.store if reports is not None else None,
                 verifier=verifier,
+                webhooks=WebhookBook(store),
             )
             server = _Uvicorn(
                 uvicorn.Config(
@@ -359,7 +363,8 @@ async def run_worker(
     ready: Callable[[Telemetry | None], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """The worker role: run the job queue's billing jobs (with ``billing.enabled``) and, with
+    """The worker role: run the job queue's billing jobs and webhook deliveries (with
+    ``billing.enabled``, which runs the job queue) and, with
     telemetry enabled, consume the record stream (with ``nats_url``) into the analytics store and
     keep its rollups. ``ready`` gets the telemetry (``None`` when disabled). ``burst``: drain what
     is waiting (records, rollups, due jobs) and return."""
@@ -380,9 +385,11 @@ async def run_worker(
             analytics = telemetry.store if telemetry is not None else None
             billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
             stack.push_async_callback(billing.aclose)
+            # Webhook deliveries are jobs too: this worker POSTs them (no redirects followed).
+            client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
             worker = Worker(
                 queue,
-                billing_jobs.handlers(billing),
+                billing_jobs.handlers(billing) | webhook_handlers(WebhookBook(store), client),
                 schedules=billing_jobs.schedules(config),
                 concurrency=settings.concurrency,
                 poll_interval=settings.poll_interval,

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from hoodrun.ops.alerts import AlertBook
     from hoodrun.telemetry.reporting import Reports
     from hoodrun.telemetry.store import AnalyticsStore
+    from hoodrun.webhooks import WebhookBook
 
 __all__ = ["ACTOR", "create_api_app"]
 
@@ -104,6 +105,7 @@ def create_api_app(
     logs: LogIngestor | None = None,
     logs_store: Callable[[], AnalyticsStore | None] | None = None,
     verifier: KeyVerifier | None = None,
+    webhooks: WebhookBook | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -117,7 +119,8 @@ def create_api_app(
     (application logs, with a project's API key checked by ``verifier``; default: one on
     ``keys`` that learns of revocations within ``gateway.key_cache_ttl``); ``logs_store`` (the
     analytics store, or ``None`` while unavailable: 503) the project's log search, stats and
-    request explorer (``GET /logs/v1/...``), with the same keys.
+    request explorer (``GET /logs/v1/...``), with the same keys. ``webhooks`` adds the org
+    webhook endpoints, their delivery log and replays (``hoodrun.api.webhooks``).
 
     ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
@@ -252,6 +255,10 @@ def create_api_app(
         secret = config.billing.stripe.webhook_secret
         if config.billing.stripe.enabled and secret:
             app.include_router(stripe_webhook_router(billing[0], secret))
+    if webhooks is not None:
+        from hoodrun.api.webhooks import webhooks_router
+
+        app.include_router(webhooks_router(webhooks, token))
     if alerts is not None:
         from hoodrun.api.alerts import alerts_router
 

@@ -58,5 +58,8 @@ POLICIES: Mapping[str, JobPolicy] = _policies(
     JobPolicy("ledger-export", LOW, 3, 10 * MINUTE),
     # Re-enqueues the invoices left pending (their provider could not be reached).
     JobPolicy("billing-sweep", LOW, 3, 5 * MINUTE),
+    # One POST of a webhook event (hoodrun.webhooks): eight attempts with the queue's backoff
+    # ride out a receiver's outage of hours; a POST gives up after 10 s.
+    JobPolicy("webhook-deliver", NORMAL, 8, 30.0),
 )
 """The job kinds HoodRun runs, by name."""

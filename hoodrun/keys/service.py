@@ -26,6 +26,7 @@ from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.secret import generate_key, hash_key, key_start
 from hoodrun.store import AuditEntry, Store, new_id, read_audit, write_audit
 from hoodrun.store.tables import api_keys, orgs, projects
+from hoodrun.webhooks import WebhookBook
 
 __all__ = ["CHANGES_OVERLAP", "CreatedKey", "KeyService"]
 
@@ -58,11 +59,15 @@ class KeyService:
         config: Config,
         events: KeyEvents | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        webhooks: WebhookBook | None = None,
     ) -> None:
+        """``webhooks`` (default: one on ``store``) is told ``key.created`` and ``key.revoked``
+        in the transactions that make them."""
         self._store = store
         self._config = config
         self._events = events
         self._clock = clock
+        self._webhooks = webhooks if webhooks is not None else WebhookBook(store, clock=clock)
 
     @property
     def store(self) -> Store:
@@ -130,6 +135,7 @@ class KeyService:
                 details={"org": options.org, "project": options.project},
             )
             record = await self._fetch(conn, key_id)
+            await self._tell_webhooks(conn, "key.created", record)
         await self._announce([record.hash])
         return CreatedKey(record.id, key, record)
 
@@ -141,7 +147,7 @@ class KeyService:
                 return None
             return {"revoked_at": now}
 
-        return await self._change(key_id, "key.revoke", change, actor=actor)
+        return await self._change(key_id, "key.revoke", change, actor=actor, event="key.revoked")
 
     async def disable(self, key_id: str, *, actor: str) -> KeyRecord:
         """Refuse the key until it is enabled again. Idempotent."""
@@ -262,6 +268,9 @@ class KeyService:
                 },
             )
             record = await self._fetch(conn, new_id_)
+            await self._tell_webhooks(conn, "key.created", record)
+            if revokes_at <= now:  # with a grace period the old key is not revoked yet
+                await self._tell_webhooks(conn, "key.revoked", await self._fetch(conn, key_id))
         await self._announce([old["hash"], record.hash])
         return CreatedKey(record.id, key, record)
 
@@ -335,6 +344,7 @@ class KeyService:
         change: Callable[[RowMapping, datetime], dict[str, Any] | None],
         *,
         actor: str,
+        event: str | None = None,
     ) -> KeyRecord:
         async with self._store.transaction() as conn:
             row = await self._fetch_row(conn, key_id, lock=True)
@@ -355,8 +365,19 @@ class KeyService:
                 details=_jsonable(values),
             )
             record = await self._fetch(conn, key_id)
+            if event is not None:
+                await self._tell_webhooks(conn, event, record)
         await self._announce([record.hash])
         return record
+
+    async def _tell_webhooks(self, conn: AsyncConnection, event: str, record: KeyRecord) -> None:
+        data = {
+            "key_id": record.id,
+            "name": record.name,
+            "start": record.start,
+            "project_id": record.project_id,
+        }
+        await self._webhooks.emit(conn, event, record.org_id, data)
 
     async def _ensure_org(
         self, conn: AsyncConnection, name: str, *, now: datetime, actor: str

@@ -43,6 +43,7 @@ from hoodrun.metering.money import CurrencyMismatch, Money, MoneyError, total
 from hoodrun.metering.rating import ContractTerms
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import contracts, credit_grants, credit_ledger, orgs
+from hoodrun.webhooks import WebhookBook
 
 __all__ = [
     "Consumption",
@@ -365,12 +366,15 @@ class CreditBook:
 
     Each grant and each spend also appends its entry to the money ledger
     (``hoodrun.billing.ledger``) in the same transaction: the ledger holds every money event.
+    A spend that takes the balance below ``low_balance_below`` emits the ``credits.low``
+    webhook in its transaction.
     """
 
     def __init__(self, store: Store, clock: Callable[[], datetime] = _utc_now) -> None:
         self._store = store
         self._clock = clock
         self._ledger = Ledger(store, clock)
+        self._webhooks = WebhookBook(store, clock=clock)
 
     async def grant(
         self,
@@ -489,6 +493,20 @@ class CreditBook:
                     conn, credit.grant_id, now, -credit.amount.amount, reason, reference
                 )
             after = balance(balances, now, amount.currency)
+            low = low_balance(org_id, before, after, low_balance_below)
+            if low is not None:  # before the ledger's entry: that holds the ledger's lock
+                await self._webhooks.emit(
+                    conn,
+                    "credits.low",
+                    org_id,
+                    {
+                        "balance": {"amount": str(after.amount), "currency": after.currency},
+                        "threshold": {
+                            "amount": str(low.threshold.amount),
+                            "currency": low.threshold.currency,
+                        },
+                    },
+                )
             if applied:
                 # One entry per spend, the grants it drew on in its details. The ledger's
                 # reference holds 64 characters: a longer one (or none) is only in the details.
@@ -516,7 +534,7 @@ class CreditBook:
             remaining=remaining,
             balance_before=before,
             balance_after=after,
-            low_balance=low_balance(org_id, before, after, low_balance_below),
+            low_balance=low,
         )
 
     async def ledger(self, org_id: str) -> list[LedgerEntry]:

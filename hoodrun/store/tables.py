@@ -2,7 +2,8 @@
 
 org → projects → api_keys; plans mirror the config; audit_log records every change; alerts holds
 what Alertmanager last said of each alert (by its fingerprint). org → contracts (the plan and
-terms in force, with their history); org → credit_grants → credit_ledger (every grant and spend).
+terms in force, with their history); org → credit_grants → credit_ledger (every grant and spend);
+org → webhook_endpoints → webhook_deliveries (each event sent, or being sent, to an endpoint).
 Key material is never stored: ``api_keys.hash`` is base64(SHA-256(key)) and ``start`` is the
 short prefix people use to tell keys apart.
 """
@@ -48,6 +49,8 @@ __all__ = [
     "projects",
     "reconciliations",
     "refunds",
+    "webhook_deliveries",
+    "webhook_endpoints",
 ]
 
 # Deterministic constraint names, so later migrations can refer to them on both backends.
@@ -393,4 +396,37 @@ ledger_exports = Table(
     Column("last_hash", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Webhooks: an org's endpoints and the delivery log. ``secret`` signs the deliveries (HMAC), so
+# it is stored as given to the org, not hashed. One delivery per endpoint and event.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False, index=True),
+    Column("url", String(2048), nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("events", JSONType, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("disabled_at", UTCDateTime(), nullable=True),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("endpoint_id", String(32), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("payload", JSONType, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", String(2000), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("endpoint_id", "event_id"),
 )

@@ -73,6 +73,7 @@ from hoodrun.store.tables import (
     invoices,
     orgs,
 )
+from hoodrun.webhooks import WebhookBook
 
 __all__ = [
     "AdjustmentRefused",
@@ -125,6 +126,9 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
     (``credit_note.issued``) and a refund paid (``refund.issued``), of their amounts. The
     reference is the invoice's id (the credit note's or refund's for those). Credits spent on
     an invoice are the spender's entry (``CreditBook.consume``), not this book's.
+
+    ``webhooks`` (default: one on ``store``) is told ``invoice.created`` (the draft, before
+    credits are spent on it) and ``invoice.paid`` in the transactions that make them.
     """
 
     def __init__(
@@ -134,11 +138,13 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
         *,
         clock: Callable[[], datetime] = _utc_now,
         ledger: LedgerLike | None = None,
+        webhooks: WebhookBook | None = None,
     ) -> None:
         self._store = store
         self.config = config
         self._clock = clock
         self._ledger = ledger
+        self._webhooks = webhooks if webhooks is not None else WebhookBook(store, clock=clock)
         self._credit_lock = asyncio.Lock()
 
     # --- making --------------------------------------------------------------------------------
@@ -297,7 +303,9 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
                 "provider": provider,
             },
         )
-        return await self._read(conn, invoice_id)
+        invoice = await self._read(conn, invoice_id)
+        await self._tell_webhooks(conn, "invoice.created", invoice)
+        return invoice
 
     # --- transitions ---------------------------------------------------------------------------
 
@@ -366,6 +374,7 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
             values={"paid_at": at.astimezone(UTC)},
             details={"paid_at": at.isoformat()},
             ledger=("payment.received", frozenset({"open"})),
+            event="invoice.paid",
         )
 
     async def mark_void(self, invoice_id: str, *, actor: str = "billing") -> Invoice:
@@ -413,10 +422,12 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
         done: Callable[[Invoice], bool] | None = None,
         check: Callable[[Invoice], None] | None = None,
         ledger: tuple[str, frozenset[str]] | None = None,
+        event: str | None = None,
     ) -> Invoice:
         """Move the invoice to ``target`` in one transaction with its audit row (and ledger
-        entry, when ``ledger``'s kind applies from the current state). ``done`` says the change
-        was already made (default: the invoice is in ``target`` and ``target`` is final)."""
+        entry, when ``ledger``'s kind applies from the current state; and webhook ``event``).
+        ``done`` says the change was already made (default: the invoice is in ``target`` and
+        ``target`` is final)."""
         async with self._store.transaction() as conn:
             current = await self._locked(conn, invoice_id)
             already = done(current) if done is not None else _final(current, target)
@@ -450,6 +461,8 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
                 },
             )
             updated = await self._read(conn, invoice_id)
+            if event is not None:
+                await self._tell_webhooks(conn, event, updated)
             if ledger is not None and current.status in ledger[1]:
                 await self._tell_ledger(conn, ledger[0], current, current.id, current.total)
             return updated
@@ -462,6 +475,17 @@ class InvoiceBook(InvoiceCredits, InvoiceAdjustments, InvoiceDrafts):
         if self._ledger is not None:
             details = {"invoice": invoice.id, "number": invoice.number, "period": invoice.period}
             await self._ledger.append(kind, invoice.org_id, reference, amount, details, conn=conn)
+
+    async def _tell_webhooks(self, conn: AsyncConnection, event: str, invoice: Invoice) -> None:
+        data = {
+            "invoice_id": invoice.id,
+            "number": invoice.number,
+            "period": invoice.period,
+            "status": invoice.status,
+            "total": {"amount": str(invoice.total.amount), "currency": invoice.total.currency},
+            "due_date": invoice.due_date.isoformat(),
+        }
+        await self._webhooks.emit(conn, event, invoice.org_id, data)
 
     # --- reading -------------------------------------------------------------------------------
 
