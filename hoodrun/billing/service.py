@@ -131,15 +131,10 @@ async def _live(conn: AsyncConnection, which: Any) -> bool:
     return found is not None
 
 
-def _payment_job_of(invoice_id: str) -> Any:
-    key = f"payment-process:{invoice_id}"
-    return (jobs.c.idempotency_key == key) | jobs.c.idempotency_key.startswith(f"{key}:")
-
-
-def _job_of_snapshot(snapshot_id: str) -> Any:
-    """The ``invoice-generate`` jobs of a snapshot, by their idempotency keys (the close's
-    ``invoice-generate:{id}``, the sweep's ``invoice-generate:{id}:{hour}``)."""
-    key = f"invoice-generate:{snapshot_id}"
+def _keyed(key: str) -> Any:
+    """The jobs enqueued with idempotency key ``key`` or a slot of it (``{key}:{slot}``): the
+    first enqueue's, and those of the sweep (``invoice-generate:{snapshot}:{hour}``,
+    ``payment-process:{invoice}:{day}``)."""
     return (jobs.c.idempotency_key == key) | jobs.c.idempotency_key.startswith(f"{key}:")
 
 
@@ -235,7 +230,7 @@ class Billing:
                 .where(jobs.c.kind == "invoice-generate")
                 .where(jobs.c.status == "running")
                 .where(jobs.c.id != job_id)
-                .where(_job_of_snapshot(snapshot_id))
+                .where(_keyed(f"invoice-generate:{snapshot_id}"))
                 .limit(1)
             )
         return found is not None
@@ -549,7 +544,7 @@ class Billing:
             for row in unsent:
                 if row.last_error and " refused: " in row.last_error:
                     continue
-                if not await _live(conn, _job_of_snapshot(row.snapshot_id)):
+                if not await _live(conn, _keyed(f"invoice-generate:{row.snapshot_id}")):
                     resend.append(row)
             unpaid = (
                 await conn.execute(
@@ -558,7 +553,9 @@ class Billing:
                     )
                 )
             ).all()
-            follow = [row for row in unpaid if not await _live(conn, _payment_job_of(row.id))]
+            follow = [
+                row for row in unpaid if not await _live(conn, _keyed(f"payment-process:{row.id}"))
+            ]
         for row in resend:
             await self.queue.enqueue(
                 "invoice-generate",

@@ -53,7 +53,7 @@ from hoodrun.explorer.lines import (
     new_ids,
     parse_logs,
 )
-from hoodrun.explorer.schema import LOGS_TABLE, create_logs_table
+from hoodrun.explorer.schema import LOGS_ARROW_SCHEMA, LOGS_TABLE, create_logs_table
 from hoodrun.limits import Bucket, Limiter, LimiterUnavailable, MemoryLimiter
 
 if TYPE_CHECKING:
@@ -110,25 +110,6 @@ def plan_limits(config: LogsConfig, plan: str) -> PlanLimits:
 
 # --- the table ---------------------------------------------------------------------------------
 
-_SCHEMA = pa.schema(
-    [
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("received_at", pa.timestamp("us", tz="UTC")),
-        ("project_id", pa.string()),
-        ("org_id", pa.string()),
-        ("key_id", pa.string()),
-        ("id", pa.string()),
-        ("level", pa.string()),
-        ("service", pa.string()),
-        ("message", pa.string()),
-        ("fingerprint", pa.string()),
-        ("stack", pa.string()),
-        ("attributes", pa.map_(pa.string(), pa.string())),
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("expires", pa.timestamp("s", tz="UTC")),
-    ]
-)
 _LINE_COLUMNS = (
     "ts", "id", "level", "service", "message", "fingerprint", "stack", "attributes",
     "trace_id", "span_id",
@@ -158,7 +139,7 @@ class _Entry:
 
 
 def _table(entries: Sequence[_Entry]) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
+    columns: dict[str, list[Any]] = {name: [] for name in LOGS_ARROW_SCHEMA.names}
     for entry in entries:
         lines, size = entry.lines, len(entry.lines)
         for name in _LINE_COLUMNS:
@@ -168,7 +149,7 @@ def _table(entries: Sequence[_Entry]) -> pa.Table:
         columns["org_id"].extend([entry.org_id] * size)
         columns["key_id"].extend([entry.key_id] * size)
         columns["expires"].extend([entry.expires] * size)
-    return pa.Table.from_pydict(columns, schema=_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=LOGS_ARROW_SCHEMA)
 
 
 def _utc_now() -> datetime:

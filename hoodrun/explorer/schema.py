@@ -10,9 +10,11 @@ plan says. ``message_lower`` is indexed by tokens (``tokenbf_v1``) for full-text
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from hoodrun.telemetry.store import AnalyticsStore
 
-__all__ = ["LEVELS", "LOGS_DDL", "LOGS_TABLE", "create_logs_table"]
+__all__ = ["LEVELS", "LOGS_ARROW_SCHEMA", "LOGS_DDL", "LOGS_TABLE", "create_logs_table"]
 
 LOGS_TABLE = "logs"
 LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
@@ -44,6 +46,27 @@ PARTITION BY toYYYYMMDD(ts)
 ORDER BY (project_id, ts, id)
 TTL expires DELETE
 """
+
+# The columns written to ``logs`` (``message_lower`` is computed by the table), as Arrow types.
+LOGS_ARROW_SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("project_id", pa.string()),
+        ("org_id", pa.string()),
+        ("key_id", pa.string()),
+        ("id", pa.string()),
+        ("level", pa.string()),
+        ("service", pa.string()),
+        ("message", pa.string()),
+        ("fingerprint", pa.string()),
+        ("stack", pa.string()),
+        ("attributes", pa.map_(pa.string(), pa.string())),
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("expires", pa.timestamp("s", tz="UTC")),
+    ]
+)
 
 
 async def create_logs_table(store: AnalyticsStore) -> None:

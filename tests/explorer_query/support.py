@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from hoodrun.config import RetentionConfig
-from hoodrun.explorer.schema import create_logs_table
+from hoodrun.explorer.schema import LOGS_ARROW_SCHEMA, create_logs_table
 from hoodrun.telemetry.rows import RowBuilder
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.store import AnalyticsStore
@@ -19,25 +19,7 @@ from tests.telemetry.support import call_record
 # Rows are dated in the last few days: requests_raw's TTL runs on the real clock.
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
 
-LOG_SCHEMA = pa.schema(
-    [
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("received_at", pa.timestamp("us", tz="UTC")),
-        ("project_id", pa.string()),
-        ("org_id", pa.string()),
-        ("key_id", pa.string()),
-        ("id", pa.string()),
-        ("level", pa.string()),
-        ("service", pa.string()),
-        ("message", pa.string()),
-        ("fingerprint", pa.string()),
-        ("stack", pa.string()),
-        ("attributes", pa.map_(pa.string(), pa.string())),
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("expires", pa.timestamp("s", tz="UTC")),
-    ]
-)
+LOG_SCHEMA = LOGS_ARROW_SCHEMA
 
 
 def at(day: int = 0, hour: int = 0, minute: int = 0, second: float = 0) -> datetime:
