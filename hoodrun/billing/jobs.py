@@ -23,7 +23,17 @@ from hoodrun.billing.ledger import (
 )
 from hoodrun.billing.service import Billing
 from hoodrun.config import Config
-from hoodrun.jobs import Handler, Job, JobQueue, Permanent, Schedule, daily, every, monthly
+from hoodrun.jobs import (
+    Handler,
+    Job,
+    JobQueue,
+    Permanent,
+    Retry,
+    Schedule,
+    daily,
+    every,
+    monthly,
+)
 from hoodrun.store import Store
 from hoodrun.telemetry.store import AnalyticsStore
 
@@ -82,6 +92,9 @@ def handlers(billing: Billing) -> dict[str, Handler]:
         return await fetch_job(config, billing.store, clock=billing.clock)
 
     async def reconcile(job: Job) -> dict[str, Any]:
+        # Two runs at once would both find a mismatch and both correct it.
+        if await billing.running_elsewhere("reconcile", job.id):
+            raise Retry("another reconciliation is running")
         return (await billing.reconciler.run()).summary()
 
     async def ledger_export(job: Job) -> dict[str, Any]:

@@ -212,7 +212,9 @@ class Billing:
         before making one, and two senders at once could both find none. So while another
         ``invoice-generate`` job of the snapshot runs (``job_id`` is this one), this one waits.
         """
-        if job_id is not None and await self._sending_elsewhere(snapshot_id, job_id):
+        if job_id is not None and await self.running_elsewhere(
+            "invoice-generate", job_id, _keyed(f"invoice-generate:{snapshot_id}")
+        ):
             raise Retry(f"another job is sending the invoice of snapshot {snapshot_id}")
         invoice = await self.invoices.for_snapshot(snapshot_id)
         if invoice is None:
@@ -223,16 +225,19 @@ class Billing:
             )
         return await self.send_invoice(invoice.id)
 
-    async def _sending_elsewhere(self, snapshot_id: str, job_id: str) -> bool:
+    async def running_elsewhere(self, kind: str, job_id: str, which: Any = None) -> bool:
+        """Whether another job of ``kind`` (matching ``which``, if given) runs now: what must
+        not run twice at once (a provider could be asked twice) waits for it."""
+        stmt = (
+            select(jobs.c.id)
+            .where(jobs.c.kind == kind)
+            .where(jobs.c.status == "running")
+            .where(jobs.c.id != job_id)
+        )
+        if which is not None:
+            stmt = stmt.where(which)
         async with self.store.connect() as conn:
-            found = await conn.scalar(
-                select(jobs.c.id)
-                .where(jobs.c.kind == "invoice-generate")
-                .where(jobs.c.status == "running")
-                .where(jobs.c.id != job_id)
-                .where(_keyed(f"invoice-generate:{snapshot_id}"))
-                .limit(1)
-            )
+            found = await conn.scalar(stmt.limit(1))
         return found is not None
 
     async def _make_invoice(self, snapshot_id: str) -> Invoice:

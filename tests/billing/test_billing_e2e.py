@@ -218,6 +218,18 @@ def _burst(config: Path) -> str:
     return out
 
 
+async def _run_job(config: Path, queue: JobQueue, job_id: str) -> None:
+    """Burst the worker until the job ran (a scheduled reconciliation of a new hour may hold it
+    back for a retry: two never run at once)."""
+
+    async def ran() -> bool:
+        _burst(config)
+        job = await queue.get(job_id)
+        return job is not None and job.status in ("done", "dead")
+
+    await _wait_for(f"job {job_id} run", ran)
+
+
 async def _invoices(store: Store) -> dict[str, dict[str, object]]:
     async with store.connect() as conn:
         rows = (await conn.execute(select(invoices))).mappings().all()
@@ -396,7 +408,7 @@ async def test_a_month_is_invoiced_once_each_despite_outages_and_a_killed_worker
         hybrid = listed["org_us_hybrid"]
         fake_stripe.adjust(str(hybrid["provider_id"]), 500, "Manual adjustment")
         reconcile = await queue.enqueue("reconcile", {"run": "after-adjust"})
-        _burst(config_path)
+        await _run_job(config_path, queue, reconcile.id)
         done = await queue.get(reconcile.id)
         assert done is not None and done.status == "done", done
         assert done.result is not None and done.result["checked"] == 9
@@ -406,7 +418,7 @@ async def test_a_month_is_invoiced_once_each_despite_outages_and_a_killed_worker
         assert [a.labels["invoice"] for a in firing] == [hybrid["number"]]
 
         again = await queue.enqueue("reconcile", {"run": "after-credit-note"})
-        _burst(config_path)
+        await _run_job(config_path, queue, again.id)
         second = await queue.get(again.id)
         assert second is not None and second.result is not None
         assert second.result["matched"] == 9, second.result

@@ -23,6 +23,7 @@ from sqlalchemy import delete, insert, select, update
 
 from hoodrun.billing.close import snapshot_hash, verify_snapshot
 from hoodrun.billing.invoices import Invoice
+from hoodrun.billing.jobs import handlers
 from hoodrun.billing.ledger import Ledger
 from hoodrun.billing.providers import BillingProvider
 from hoodrun.billing.providers.parasut import ParasutProvider
@@ -449,3 +450,19 @@ async def test_the_match_ratio_gauge_is_the_last_runs(
     assert sample("hoodrun_billing_reconciliation_match_ratio") == 1.0
     assert sample("hoodrun_billing_reconciliations_total", result="mismatch") == before + 1
     assert fake_stripe.invoice(str(raised.provider_id))["amount_due"] == 4900
+
+
+async def test_two_reconciliations_never_run_at_once(make_billing: MakeBilling) -> None:
+    billing = await make_billing()
+    first = await billing.queue.enqueue("reconcile", {"run": 1})
+    second = await billing.queue.enqueue("reconcile", {"run": 2})
+    [running] = await billing.queue.claim("w1", kinds=["reconcile"])
+    [waiting] = await billing.queue.claim("w2", kinds=["reconcile"])
+    assert {running.id, waiting.id} == {first.id, second.id}
+    reconcile = handlers(billing)["reconcile"]
+
+    with pytest.raises(Retry, match="another reconciliation is running"):
+        await reconcile(waiting)
+
+    await billing.queue.complete(running, "w1")
+    assert (await reconcile(waiting))["checked"] == 0
