@@ -26,7 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hoodrun.billing.config import BillingConfig
 from hoodrun.explorer.config import LogsConfig
+from hoodrun.identity.config import AuthConfig
 from hoodrun.metering.config import BUILTIN_METERS, MeterConfig, PriceConfig, TaxRule
+from hoodrun.notify.config import NotificationsConfig, SmtpConfig
+from hoodrun.web.config import WebConfig
 
 __all__ = [
     "DEFAULT_PLANS",
@@ -393,6 +396,10 @@ class Config(_Model):
     )
     billing: BillingConfig = BillingConfig()
     logs: LogsConfig = LogsConfig()
+    auth: AuthConfig = AuthConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+    web: WebConfig = WebConfig()
     plans: tuple[PlanConfig, ...] = Field(
         default=DEFAULT_PLANS, description="Plans sold; without any, free/pro/enterprise."
     )

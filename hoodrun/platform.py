@@ -34,17 +34,20 @@ from hoodrun.configdiff import reloadable
 from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.explorer.ingest import open_log_ingestor
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
+from hoodrun.identity import IdentityService
 from hoodrun.jobs import JobQueue, Worker
 from hoodrun.keys.service import KeyService
 from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.metering.entitlements import OrgEntitlements
 from hoodrun.metering.meters import MeterService
 from hoodrun.metering.store import ContractBook, CreditBook
+from hoodrun.notify.mail import Mailer
 from hoodrun.ops.alerts import AlertBook
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
 from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
-from hoodrun.telemetry.store import open_analytics
+from hoodrun.telemetry.store import StoreError, open_analytics
+from hoodrun.web.context import WebContext
 from hoodrun.webhooks import WebhookBook
 from hoodrun.webhooks import handlers as webhook_handlers
 
@@ -167,12 +170,43 @@ async def run_platform(
             logs = None
             if config.logs.enabled and reports is not None:
                 logs = await open_log_ingestor(config, reports.store, stack)
+            identity = IdentityService(
+                store,
+                config,
+                Mailer(config.smtp),
+                public_url=config.web.public_url or f"http://{host}:{port}",
+            )
+            alerts = AlertBook(store)
+            invoices, queue = _billing_api(config, store)
+            accounts = (contracts, CreditBook(store))
+            entitlements = OrgEntitlements(
+                lambda name: _plan_named(keys.config, name),  # as the gateway's Policy
+                keys.org_plan,
+                counters=runtime.usage if runtime is not None else None,
+                analytics=reports.store if reports is not None and runtime is None else None,
+                units=compute_units(config),
+            )
+            webhooks = WebhookBook(store)
+            web = WebContext(
+                config=config,
+                store=store,
+                identity=identity,
+                keys=keys,
+                reports=lambda: reports,
+                contracts=contracts,
+                credits=accounts[1],
+                invoices=invoices,
+                jobs=queue,
+                webhooks=webhooks,
+                alerts=alerts,
+                entitlements=entitlements,
+            )
             app = create_api_app(
                 config,
                 keys,
                 token=config.resolved_admin_token(),
                 reports=lambda: reports,
-                alerts=AlertBook(store),
+                alerts=alerts,
                 meters=(
                     MeterService(
                         reports.store,
@@ -182,19 +216,15 @@ async def run_platform(
                     if reports is not None
                     else None
                 ),
-                accounts=(contracts, CreditBook(store)),
-                billing=_billing_api(config, store),
-                entitlements=OrgEntitlements(
-                    lambda name: _plan_named(keys.config, name),  # as the gateway's Policy
-                    keys.org_plan,
-                    counters=runtime.usage if runtime is not None else None,
-                    analytics=reports.store if reports is not None and runtime is None else None,
-                    units=compute_units(config),
-                ),
+                accounts=accounts,
+                billing=(invoices, queue),
+                entitlements=entitlements,
                 logs=logs,
                 logs_store=lambda: reports.store if reports is not None else None,
                 verifier=verifier,
-                webhooks=WebhookBook(store),
+                webhooks=webhooks,
+                identity=identity,
+                web=web,
             )
             server = _Uvicorn(
                 uvicorn.Config(
@@ -352,6 +382,10 @@ async def _open_reports(
     if store is None:
         store = open_analytics(config)
         stack.push_async_callback(store.aclose)
+        try:  # the tables, should this api run before any gateway made them (idempotent)
+            await store.setup(config.telemetry.retention)
+        except StoreError as exc:
+            log.warning("analytics store: tables not checked: %s", exc)
     retention = config.telemetry.retention
     return Reports(store, raw_days=retention.raw_days, hourly_days=retention.hourly_days)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hoodrun.devnet import Anvil, ensure_anvil
+from tests._smtp import smtp_sink  # noqa: F401 (a fixture for every package: a real SMTP server)
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("HOODRUN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -26,6 +26,9 @@ from hoodrun.config import (
     RateConfig,
 )
 from hoodrun.explorer.config import LogPlanLimits, LogsConfig
+from hoodrun.identity.config import AuthConfig
+from hoodrun.notify.config import NotificationsConfig, SmtpConfig
+from hoodrun.web.config import WebConfig
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
 
@@ -49,6 +52,10 @@ def test_every_config_key_is_documented() -> None:
         JobsConfig,
         LogsConfig,
         LogPlanLimits,
+        AuthConfig,
+        SmtpConfig,
+        NotificationsConfig,
+        WebConfig,
     ]
     missing = [
         f"{m.__name__}.{name}" for m in models for name in m.model_fields if f"`{name}`" not in DOC

@@ -16,11 +16,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Path, Query, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from hoodrun.api.app import ACTOR, ApiError, _bearer
+from hoodrun.api.app import ApiError
 from hoodrun.api.models import ErrorOut
+from hoodrun.api.rbac import Auth, actor, org_in_path
 from hoodrun.keys.service import KeyService
 from hoodrun.metering.credits import CreditGrant
 from hoodrun.metering.money import Money, MoneyError
@@ -112,7 +113,7 @@ def _contract(contract: Contract) -> ContractOut:
 
 
 def accounts_router(
-    contracts: ContractBook, credits: CreditBook, keys: KeyService, token: str | None
+    contracts: ContractBook, credits: CreditBook, keys: KeyService, auth: Auth
 ) -> APIRouter:
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (400, 401, 404, 409, 422)
@@ -120,7 +121,7 @@ def accounts_router(
     router = APIRouter(
         prefix="/admin/v1/orgs/{org}",
         tags=["accounts"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=errors,
     )
 
@@ -128,7 +129,7 @@ def accounts_router(
         """The org's keys take the contract's plan when it is in force now. (One that starts
         later is applied by whoever starts it then: the billing scheduler.)"""
         if contract.in_force(keys.now()):
-            await keys.change_org_plan(contract.org_id, contract.plan, actor=ACTOR)
+            await keys.change_org_plan(contract.org_id, contract.plan, actor=actor())
 
     async def known(org: str) -> None:
         try:
@@ -146,29 +147,32 @@ def accounts_router(
         except (ContractError, MoneyError, ValueError) as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
 
-    @router.post("/contract", status_code=status.HTTP_201_CREATED)
+    org = org_in_path()
+    reads, writes = [auth.require("billing:read", org)], [auth.require("billing:write", org)]
+
+    @router.post("/contract", status_code=status.HTTP_201_CREATED, dependencies=writes)
     async def create_contract(org: Org, body: ContractRequest) -> ContractOut:
         """Start a contract; the org's keys take its plan."""
-        made = await guarded(contracts.create(org, **body.model_dump(), actor=ACTOR))
+        made = await guarded(contracts.create(org, **body.model_dump(), actor=actor()))
         await apply(made)
         return _contract(made)
 
-    @router.post("/contract/plan")
+    @router.post("/contract/plan", dependencies=writes)
     async def change_plan(org: Org, body: PlanChangeRequest) -> ContractOut:
         """End the contract in force and start one on another plan (prorated when billed)."""
         made = await guarded(
-            contracts.change_plan(org, body.plan, change_at=body.change_at, actor=ACTOR)
+            contracts.change_plan(org, body.plan, change_at=body.change_at, actor=actor())
         )
         await apply(made)
         return _contract(made)
 
-    @router.get("/contracts")
+    @router.get("/contracts", dependencies=reads)
     async def list_contracts(org: Org) -> ContractsOut:
         """The org's contracts, oldest first."""
         await known(org)
         return ContractsOut(contracts=[_contract(c) for c in await contracts.history(org)])
 
-    @router.post("/credits", status_code=status.HTTP_201_CREATED)
+    @router.post("/credits", status_code=status.HTTP_201_CREATED, dependencies=writes)
     async def grant_credit(org: Org, body: GrantRequest) -> GrantOut:
         """Grant credit to the org."""
         grant = await guarded(
@@ -178,12 +182,12 @@ def accounts_router(
                 Money(body.amount, body.currency),
                 expires_at=body.expires_at,
                 note=body.note,
-                actor=ACTOR,
+                actor=actor(),
             )
         )
         return _grant(grant)
 
-    @router.get("/credits")
+    @router.get("/credits", dependencies=reads)
     async def list_credits(
         org: Org,
         currency: Annotated[str | None, Query(description="Only this currency.")] = None,

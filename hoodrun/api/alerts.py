@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from hoodrun.api.app import _bearer
 from hoodrun.api.models import ErrorOut
+from hoodrun.api.rbac import Auth
 from hoodrun.ops.alerts import AlertBook, IncomingAlert
 
 __all__ = ["AlertOut", "AlertmanagerWebhook", "AlertsOut", "alerts_router"]
@@ -66,18 +66,18 @@ class AlertsOut(BaseModel):
     alerts: list[AlertOut]
 
 
-def alerts_router(book: AlertBook, token: str | None) -> APIRouter:
+def alerts_router(book: AlertBook, auth: Auth) -> APIRouter:
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (401, 422, 503)
     }
     router = APIRouter(
         prefix="/api/v1/alerts",
         tags=["alerts"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=errors,
     )
 
-    @router.post("/alertmanager")
+    @router.post("/alertmanager", dependencies=[auth.require("alerts:write")])
     async def alertmanager(body: AlertmanagerWebhook) -> ReceivedOut:
         """Alertmanager's webhook receiver: stores each alert's latest state."""
         incoming = [
@@ -95,7 +95,7 @@ def alerts_router(book: AlertBook, token: str | None) -> APIRouter:
         changed = await book.receive(incoming)
         return ReceivedOut(received=len(incoming), changed=changed)
 
-    @router.get("")
+    @router.get("", dependencies=[auth.require("alerts:read")])
     async def list_alerts(
         state: Annotated[
             Literal["firing", "all"],

@@ -1,17 +1,19 @@
-"""The admin API (``/admin/v1``): keys and the audit log, behind one bearer token.
+"""The admin API (``/admin/v1``): keys and the audit log, and (with their services) every
+other admin and customer API, each route behind the permission it needs (``hoodrun.api.rbac``:
+the admin token, or a user's access token and their role).
 
 Errors are JSON ``{"error": {"code": "...", "message": "..."}}``: 400 invalid options, 401 no
-or wrong token, 404 no such key, 409 a revoked key cannot be rotated, 422 malformed body,
-503 the database is unreachable. Changes are audited with the actor ``admin-api``.
+or wrong token, 403 a role that does not grant the route, 404 no such key, 409 a revoked key
+cannot be rotated, 422 malformed body, 503 the database is unreachable. Every change is in the
+audit log with its caller and the client's address.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
+from fastapi import APIRouter, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -24,6 +26,7 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException
 
 from hoodrun import __version__
+from hoodrun.api.errors import ApiError
 from hoodrun.api.models import (
     AuditEntryOut,
     AuditOut,
@@ -34,6 +37,7 @@ from hoodrun.api.models import (
     KeyOut,
     RotateKeyRequest,
 )
+from hoodrun.api.rbac import AuditTrail, Auth, actor
 from hoodrun.config import Config
 from hoodrun.keys.durations import parse_duration
 from hoodrun.keys.errors import KeysError
@@ -44,6 +48,7 @@ from hoodrun.store import StoreUnavailable
 if TYPE_CHECKING:
     from hoodrun.billing.invoices import InvoiceBook
     from hoodrun.explorer.ingest import LogIngestor
+    from hoodrun.identity import IdentityService
     from hoodrun.jobs import JobQueue
     from hoodrun.metering.entitlements import OrgEntitlements
     from hoodrun.metering.meters import MeterService
@@ -51,44 +56,16 @@ if TYPE_CHECKING:
     from hoodrun.ops.alerts import AlertBook
     from hoodrun.telemetry.reporting import Reports
     from hoodrun.telemetry.store import AnalyticsStore
+    from hoodrun.web.context import WebContext
     from hoodrun.webhooks import WebhookBook
 
-__all__ = ["ACTOR", "create_api_app"]
-
-ACTOR = "admin-api"
-
-
-class ApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
+__all__ = ["ApiError", "create_api_app"]
 
 
 def _error(status_code: int, code: str, message: str) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status_code, headers=headers)
-
-
-def _bearer(token: str | None) -> Callable[..., Awaitable[None]]:
-    expected = token.encode() if token else None
-
-    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        if expected is None:
-            raise ApiError(
-                401,
-                "admin_disabled",
-                "the admin API has no token: set HOODRUN_ADMIN_TOKEN (or admin_token_file)",
-            )
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <admin token>")
-        if not hmac.compare_digest(given.strip().encode(), expected):
-            raise ApiError(401, "unauthorized", "the admin token is not valid")
-
-    return check
 
 
 def create_api_app(
@@ -106,6 +83,8 @@ def create_api_app(
     logs_store: Callable[[], AnalyticsStore | None] | None = None,
     verifier: KeyVerifier | None = None,
     webhooks: WebhookBook | None = None,
+    identity: IdentityService | None = None,
+    web: WebContext | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -122,24 +101,51 @@ def create_api_app(
     request explorer (``GET /logs/v1/...``), with the same keys. ``webhooks`` adds the org
     webhook endpoints, their delivery log and replays (``hoodrun.api.webhooks``).
 
-    ``token`` is the admin bearer token; with ``None`` every admin call is refused (401).
+    ``identity`` adds people: the sessions API (``/auth/v1``) and users' access tokens on every
+    route, checked against their roles; ``web`` the customer portal (``/portal``) and the
+    operators' control center (``/control``), as ``config.web`` enables them.
+
+    ``token`` is the admin bearer token (the platform's admin); with neither it nor
+    ``identity`` every call is refused (401).
     ``config`` is unused so far: key options are checked by ``keys`` against its own config.
     """
     app = FastAPI(
         title="HoodRun admin API",
         version=__version__,
         docs_url="/admin/docs",
-        openapi_url="/admin/openapi.json",
+        openapi_url="/openapi.json",
         redoc_url=None,
     )
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (400, 401, 404, 409, 422, 503)
     }
-    admin = APIRouter(prefix="/admin/v1", dependencies=[Depends(_bearer(token))], responses=errors)
+    errors[403] = {"model": ErrorOut}
+    auth = Auth(token, identity)
+    admin = APIRouter(prefix="/admin/v1", dependencies=[auth.authenticated()], responses=errors)
+    if keys is not None:  # some embedders (tests of one router) serve without keys
+        app.add_middleware(AuditTrail, store=keys.store)
+
+    async def key_org(request: Request) -> str | None:
+        return (await keys.get(request.path_params["key_id"])).org_id
+
+    async def org_named(request: Request) -> str | None:
+        # ``org`` may be a name or an id here, as the key list takes either.
+        given = request.query_params.get("org")
+        return await keys.org_id(given) if given else None
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status_code, exc.code, exc.message)
+
+    if identity is not None:
+        from hoodrun.identity import IdentityError
+
+        @app.exception_handler(IdentityError)
+        async def identity_error(_: Request, exc: IdentityError) -> JSONResponse:
+            answer = _error(exc.status, exc.code, exc.message)
+            if exc.retry_after is not None:
+                answer.headers["Retry-After"] = str(exc.retry_after)
+            return answer
 
     @app.exception_handler(KeysError)
     async def keys_error(_: Request, exc: KeysError) -> JSONResponse:
@@ -158,6 +164,11 @@ def create_api_app(
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
+
+    @app.get("/admin/openapi.json", include_in_schema=False)
+    async def openapi_alias() -> JSONResponse:
+        """The schema where it was first served."""
+        return JSONResponse(app.openapi())
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
@@ -181,7 +192,19 @@ def create_api_app(
     async def render_metrics() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    @admin.post("/keys", status_code=status.HTTP_201_CREATED)
+    async def body_org(request: Request) -> str | None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None  # refused as malformed by the route itself
+        name = body.get("org") if isinstance(body, dict) else None
+        return await keys.org_id(name) if isinstance(name, str) else None
+
+    @admin.post(
+        "/keys",
+        status_code=status.HTTP_201_CREATED,
+        dependencies=[auth.require("keys:write", body_org)],
+    )
     async def create_key(body: CreateKeyRequest) -> CreatedKeyOut:
         expires_in = None
         if body.expires_in is not None:
@@ -198,40 +221,44 @@ def create_api_app(
             methods_deny=body.methods_deny,
             rps=body.rps,
             burst=body.burst,
-            actor=ACTOR,
+            actor=actor(),
         )
         return CreatedKeyOut.of(created.record, keys.now(), key=created.key)
 
-    @admin.get("/keys")
+    @admin.get("/keys", dependencies=[auth.require("keys:read", org_named)])
     async def list_keys(org: str | None = None) -> KeyListOut:
         records = await keys.list(org=org)
         now = keys.now()
         return KeyListOut(keys=[KeyOut.of(r, now) for r in records])
 
-    @admin.get("/keys/{key_id}")
+    @admin.get("/keys/{key_id}", dependencies=[auth.require("keys:read", key_org)])
     async def get_key(key_id: str) -> KeyOut:
         return KeyOut.of(await keys.get(key_id), keys.now())
 
-    @admin.post("/keys/{key_id}/revoke")
+    writes_key = [auth.require("keys:write", key_org)]
+
+    @admin.post("/keys/{key_id}/revoke", dependencies=writes_key)
     async def revoke_key(key_id: str) -> KeyOut:
-        return KeyOut.of(await keys.revoke(key_id, actor=ACTOR), keys.now())
+        return KeyOut.of(await keys.revoke(key_id, actor=actor()), keys.now())
 
-    @admin.post("/keys/{key_id}/disable")
+    @admin.post("/keys/{key_id}/disable", dependencies=writes_key)
     async def disable_key(key_id: str) -> KeyOut:
-        return KeyOut.of(await keys.disable(key_id, actor=ACTOR), keys.now())
+        return KeyOut.of(await keys.disable(key_id, actor=actor()), keys.now())
 
-    @admin.post("/keys/{key_id}/enable")
+    @admin.post("/keys/{key_id}/enable", dependencies=writes_key)
     async def enable_key(key_id: str) -> KeyOut:
-        return KeyOut.of(await keys.enable(key_id, actor=ACTOR), keys.now())
+        return KeyOut.of(await keys.enable(key_id, actor=actor()), keys.now())
 
-    @admin.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED)
+    @admin.post(
+        "/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED, dependencies=writes_key
+    )
     async def rotate_key(key_id: str, body: RotateKeyRequest | None = None) -> CreatedKeyOut:
         seconds = body.grace_seconds if body is not None else None
         grace = parse_duration(seconds, option="grace_seconds") if seconds else None
-        created = await keys.rotate(key_id, grace=grace, actor=ACTOR)
+        created = await keys.rotate(key_id, grace=grace, actor=actor())
         return CreatedKeyOut.of(created.record, keys.now(), key=created.key, rotated_from=key_id)
 
-    @admin.get("/audit")
+    @admin.get("/audit", dependencies=[auth.require("audit:read")])
     async def audit(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         target_id: str | None = None,
@@ -240,37 +267,46 @@ def create_api_app(
         return AuditOut(entries=[AuditEntryOut.model_validate(e) for e in entries])
 
     app.include_router(admin)
+    if keys is not None:
+        from hoodrun.api.orgs import orgs_router
+        from hoodrun.keys.orgs import OrgBook
+
+        app.include_router(orgs_router(keys, OrgBook(keys.store), auth, identity))
+    if identity is not None:
+        from hoodrun.api.sessions import sessions_router
+
+        app.include_router(sessions_router(identity))
     if accounts is not None:
         from hoodrun.api.accounts import accounts_router
 
-        app.include_router(accounts_router(*accounts, keys, token))
+        app.include_router(accounts_router(*accounts, keys, auth))
     if reports is not None:
         from hoodrun.api.usage import usage_router
 
-        app.include_router(usage_router(reports, token))
+        app.include_router(usage_router(reports, auth))
     if billing is not None:
         from hoodrun.api.billing import billing_router, stripe_webhook_router
 
-        app.include_router(billing_router(billing[0], token, billing[1]))
+        app.include_router(billing_router(billing[0], auth, billing[1]))
         secret = config.billing.stripe.webhook_secret
         if config.billing.stripe.enabled and secret:
             app.include_router(stripe_webhook_router(billing[0], secret))
     if webhooks is not None:
         from hoodrun.api.webhooks import webhooks_router
 
-        app.include_router(webhooks_router(webhooks, token))
+        app.include_router(webhooks_router(webhooks, auth))
     if alerts is not None:
         from hoodrun.api.alerts import alerts_router
 
-        app.include_router(alerts_router(alerts, token))
+        app.include_router(alerts_router(alerts, auth))
     if meters is not None:
         from hoodrun.api.openmeter import openmeter_router
 
-        app.include_router(openmeter_router(meters, token))
+        app.include_router(openmeter_router(meters, auth))
     if entitlements is not None:
         from hoodrun.api.entitlements import entitlements_router
 
-        app.include_router(entitlements_router(entitlements, token))
+        app.include_router(entitlements_router(entitlements, auth))
     if logs is not None or logs_store is not None:
         from hoodrun.api.projects import project_scope
 
@@ -285,6 +321,20 @@ def create_api_app(
             from hoodrun.api.logs_query import logs_query_router
 
             app.include_router(logs_query_router(logs_store, scope))
+    if web is not None and config.web.portal:
+        try:  # TEMPORARY-WIRING: until hoodrun.web.portal lands
+            from hoodrun.web.portal import portal_router
+        except ImportError:
+            pass
+        else:
+            app.include_router(portal_router(web))
+    if web is not None and config.web.control:
+        try:  # TEMPORARY-WIRING: until hoodrun.web.control lands
+            from hoodrun.web.control import control_router
+        except ImportError:
+            pass
+        else:
+            app.include_router(control_router(web))
     return app
 
 

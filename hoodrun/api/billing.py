@@ -19,13 +19,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.app import ApiError
 from hoodrun.api.models import ErrorOut
+from hoodrun.api.rbac import Auth, actor, org_in_query
 from hoodrun.billing.close import InvalidPeriod, PeriodNotEnded, closable
 from hoodrun.billing.documents import render_html, render_pdf
 from hoodrun.billing.invoices import (
@@ -129,18 +130,22 @@ class RefundIn(BaseModel):
     reason: str
 
 
-def billing_router(
-    invoices: InvoiceBook, token: str | None, queue: JobQueue | None = None
-) -> APIRouter:
-    """The invoice routes; ``token`` is the admin bearer token (``None`` refuses every call).
+def billing_router(invoices: InvoiceBook, auth: Auth, queue: JobQueue | None = None) -> APIRouter:
+    """The invoice routes, behind ``billing:read`` / ``billing:write`` (an org's for its own).
     ``queue`` adds the routes that start jobs (closes, refunds)."""
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorOut} for code in (401, 404, 422)
+        code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 422, 503)
+    }
+    # The documents' routes answer HTML or PDF, and their errors JSON like every other's.
+    ref = {"schema": {"$ref": "#/components/schemas/ErrorOut"}}
+    _json_errors: dict[int | str, dict[str, Any]] = {
+        code: {"description": "An error", "content": {"application/json": ref}}
+        for code in (401, 403, 404)
     }
     router = APIRouter(
         prefix="/admin/v1/invoices",
         tags=["billing"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=errors,
     )
 
@@ -150,6 +155,9 @@ def billing_router(
         except InvoiceNotFound:
             raise ApiError(404, "invoice_not_found", f"no invoice {invoice_id!r}") from None
 
+    async def invoice_org(request: Request) -> str | None:
+        return (await found(request.path_params["invoice_id"])).org_id
+
     async def document_parts(invoice: Invoice) -> dict[str, Any]:
         return {
             "issuer": invoices.config.billing.issuer,
@@ -157,7 +165,7 @@ def billing_router(
             "org_name": await invoices.org_name(invoice.org_id),
         }
 
-    @router.get("")
+    @router.get("", dependencies=[auth.require("billing:read", org_in_query())])
     async def list_invoices(
         org: Annotated[str | None, Query(description="Only this org's (org_...).")] = None,
         status: Annotated[Status | None, Query(description="Only invoices in this state.")] = None,
@@ -168,12 +176,19 @@ def billing_router(
         listed = await invoices.list(org_id=org, status=status, period=period, limit=limit)
         return InvoicesOut(invoices=[_summary(invoice) for invoice in listed])
 
-    @router.get("/{invoice_id}")
+    reads = [auth.require("billing:read", invoice_org)]
+
+    @router.get("/{invoice_id}", dependencies=reads)
     async def get_invoice(invoice_id: InvoiceId) -> InvoiceOut:
         """One invoice with its lines."""
         return _detail(await found(invoice_id))
 
-    @router.get("/{invoice_id}/document.html", response_class=HTMLResponse)
+    @router.get(
+        "/{invoice_id}/document.html",
+        response_class=HTMLResponse,
+        dependencies=reads,
+        responses=_json_errors,
+    )
     async def invoice_html(invoice_id: InvoiceId) -> HTMLResponse:
         """The invoice document as an HTML page."""
         invoice = await found(invoice_id)
@@ -183,7 +198,8 @@ def billing_router(
     @router.get(
         "/{invoice_id}/document.pdf",
         response_class=Response,
-        responses={200: {"content": {"application/pdf": {}}}},
+        dependencies=reads,
+        responses={200: {"content": {"application/pdf": {}}}, **_json_errors},
     )
     async def invoice_pdf(invoice_id: InvoiceId) -> Response:
         """The invoice document as a PDF, to download."""
@@ -199,31 +215,35 @@ def billing_router(
     if queue is None:
         return router
 
-    @router.post("/{invoice_id}/refunds", status_code=202)
+    @router.post(
+        "/{invoice_id}/refunds",
+        status_code=202,
+        dependencies=[auth.require("billing:write", invoice_org)],
+    )
     async def refund(invoice_id: InvoiceId, body: RefundIn) -> JobOut:
         """Refund part or all of a paid invoice: recorded now, paid back by a job."""
         invoice = await found(invoice_id)
         try:
             amount = Money.of(body.amount, invoice.currency)
-            recorded = await invoices.add_refund(invoice.id, amount, body.reason, actor="admin")
+            recorded = await invoices.add_refund(invoice.id, amount, body.reason, actor=actor())
         except (AdjustmentRefused, MoneyError, ArithmeticError, ValueError) as exc:
             raise ApiError(400, "refund_refused", str(exc)) from None
         job = await queue.enqueue(
             "refund-process",
             {"refund_id": recorded.id},
             idempotency_key=f"refund-process:{recorded.id}",
-            actor="admin",
+            actor=actor(),
         )
         return JobOut.of(job)
 
     closes = APIRouter(
         prefix="/admin/v1/billing",
         tags=["billing"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=errors,
     )
 
-    @closes.post("/close", status_code=202)
+    @closes.post("/close", status_code=202, dependencies=[auth.require("billing:write")])
     async def close(body: CloseIn) -> JobOut:
         """Close a month (``YYYY-MM``) that has ended: a period-close job (once per period),
         which makes the snapshots and then the invoices."""
@@ -239,7 +259,7 @@ def billing_router(
             "period-close",
             {"period": body.period},
             idempotency_key=f"period-close:{body.period}",
-            actor="admin",
+            actor=actor(),
         )
         if job.status in ("done", "dead", "cancelled"):
             # Closed before: closing again closes the orgs that have no snapshot yet (a contract
@@ -248,7 +268,7 @@ def billing_router(
                 "period-close",
                 {"period": body.period},
                 idempotency_key=f"period-close:{body.period}:{new_id('again')}",
-                actor="admin",
+                actor=actor(),
             )
         return JobOut.of(job)
 

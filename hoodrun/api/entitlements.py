@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.app import ApiError
 from hoodrun.api.models import ErrorOut
+from hoodrun.api.rbac import Auth, org_in_path
 from hoodrun.metering.entitlements import FEATURES, METERS, Entitlement, OrgEntitlements
 from hoodrun.telemetry.store import StoreError
 
@@ -50,14 +51,14 @@ def _out(entitlement: Entitlement) -> EntitlementOut:
     return EntitlementOut.model_validate(entitlement, from_attributes=True)
 
 
-def entitlements_router(entitlements: OrgEntitlements, token: str | None) -> APIRouter:
+def entitlements_router(entitlements: OrgEntitlements, auth: Auth) -> APIRouter:
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (400, 401, 404, 503)
     }
     router = APIRouter(
         prefix="/api/v1/entitlements",
         tags=["entitlements"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=errors,
     )
 
@@ -73,7 +74,15 @@ def entitlements_router(entitlements: OrgEntitlements, token: str | None) -> API
         except StoreError as exc:
             raise ApiError(503, "analytics_unavailable", f"usage cannot be read: {exc}") from None
 
-    @router.get("/{org}")
+    async def subject(request: Request) -> str | None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None
+        found = body.get("subject") if isinstance(body, dict) else None
+        return found if isinstance(found, str) else None
+
+    @router.get("/{org}", dependencies=[auth.require("usage:read", org_in_path())])
     async def org_entitlements(
         org: Annotated[str, Path(description="The org id (org_...).")],
     ) -> EntitlementsOut:
@@ -81,7 +90,7 @@ def entitlements_router(entitlements: OrgEntitlements, token: str | None) -> API
         plan, found = await guarded(entitlements.all(org))
         return EntitlementsOut(subject=org, plan=plan.name, entitlements=[_out(e) for e in found])
 
-    @router.post("/check")
+    @router.post("/check", dependencies=[auth.require("usage:read", subject)])
     async def check(body: CheckRequest) -> EntitlementOut:
         """May the org use this feature (or has it quota left on this meter)?"""
         return _out(await guarded(entitlements.check(body.subject, body.feature)))

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from hoodrun.api.models import ErrorOut
 from hoodrun.api.projects import ProjectScope
 from hoodrun.explorer.ingest import LogIngestor
 from hoodrun.explorer.lines import JSON_TYPES, MSGPACK_TYPES, BodyTooLarge, InvalidLogs, LogsError
@@ -88,7 +89,10 @@ def logs_router(
 ) -> APIRouter:
     """``POST /logs/v1`` into ``ingestor``, for the project of the caller's API key
     (``scope_dependency`` is ``project_scope(...)``)."""
-    router = APIRouter(prefix="/logs", tags=["logs"])
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (400, 401, 403, 413, 415, 422, 429, 503)
+    }
+    router = APIRouter(prefix="/logs", tags=["logs"], responses=errors)
     # A default, not an Annotated alias: the alias would be local, and the annotations (strings
     # here) are resolved in the module's namespace.
     scope_of = Depends(scope_dependency)

@@ -26,13 +26,14 @@ from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.app import ApiError
+from hoodrun.api.rbac import Auth
 from hoodrun.metering.events import InvalidEvent
 from hoodrun.metering.meters import (
     WINDOW_SIZES,
@@ -273,12 +274,13 @@ def _split(values: list[str] | None) -> list[str]:
 # --- the router --------------------------------------------------------------------------------
 
 
-def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
-    """OpenMeter's event and meter endpoints over ``service``, behind the admin ``token``."""
+def openmeter_router(service: MeterService, auth: Auth) -> APIRouter:
+    """OpenMeter's event and meter endpoints over ``service``: sending events is the platform's
+    (``usage:write``); reading meters ``usage:read``, a member's for their org's subject."""
     router = APIRouter(
         prefix="/api/v1",
         tags=["openmeter"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=_responses(400, 401, 503),
         route_class=_ProblemRoute,
     )
@@ -294,9 +296,27 @@ def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
             log.warning("metering: the analytics store failed: %s", exc)
             raise Problem(503, f"the analytics store failed: {exc}") from None
 
+    async def one_subject(request: Request) -> str | None:
+        # A member reads their own org's usage: one subject, theirs; several are an operator's.
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                return None
+            given = body.get("subject") if isinstance(body, dict) else None
+            subjects = set(given) if isinstance(given, list) else set()
+        else:
+            subjects = set(request.query_params.getlist("subject"))
+        found = subjects.pop() if len(subjects) == 1 else None
+        return found if isinstance(found, str) else None
+
+    platform_reads = [auth.require("usage:read")]
+    org_reads = [auth.require("usage:read", one_subject)]
+
     @router.post(
         "/events",
         status_code=204,
+        dependencies=[auth.require("usage:write")],
         response_class=Response,
         responses=_responses(413, 415),
         openapi_extra={
@@ -344,7 +364,7 @@ def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
         await answer(service.events.ingest(parsed if batch else [parsed], batch=batch))
         return Response(status_code=204)
 
-    @router.get("/meters", response_model=list[MeterOut])
+    @router.get("/meters", response_model=list[MeterOut], dependencies=platform_reads)
     async def list_meters(
         page: Annotated[int, Query(ge=1)] = 1,
         page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 100,
@@ -364,7 +384,12 @@ def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
             meters.reverse()
         return JSONResponse(meters[(page - 1) * page_size : page * page_size])
 
-    @router.get("/meters/{meterIdOrSlug}", response_model=MeterOut, responses=_responses(404))
+    @router.get(
+        "/meters/{meterIdOrSlug}",
+        response_model=MeterOut,
+        responses=_responses(404),
+        dependencies=platform_reads,
+    )
     async def get_meter(meterIdOrSlug: str) -> JSONResponse:
         """One meter, by slug (its id is its slug)."""
         return JSONResponse(await answer(_describe(service, meterIdOrSlug)))
@@ -388,6 +413,7 @@ def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
         "/meters/{meterIdOrSlug}/query",
         response_model=MeterQueryResultOut,
         responses=_responses(404),
+        dependencies=org_reads,
     )
     async def query_meter(
         request: Request,
@@ -424,6 +450,7 @@ def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
         "/meters/{meterIdOrSlug}/query",
         response_model=MeterQueryResultOut,
         responses=_responses(404),
+        dependencies=org_reads,
     )
     async def query_meter_post(
         meterIdOrSlug: str,
@@ -446,6 +473,7 @@ def openmeter_router(service: MeterService, token: str | None) -> APIRouter:
         "/meters/{meterIdOrSlug}/subjects",
         response_model=list[str],
         responses=_responses(404),
+        dependencies=platform_reads,
     )
     async def meter_subjects(
         meterIdOrSlug: str,

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.app import ApiError
 from hoodrun.api.models import ErrorOut
+from hoodrun.api.rbac import Auth, org_in_query
 from hoodrun.metering.forecast import forecast
 from hoodrun.telemetry.reporting import GROUP_COLUMNS, MAX_LIMIT, Reports
 from hoodrun.telemetry.store import StoreError
@@ -152,7 +153,7 @@ class Scope:
         }
 
 
-def usage_router(reports_provider: Callable[[], Reports | None], token: str | None) -> APIRouter:
+def usage_router(reports_provider: Callable[[], Reports | None], auth: Auth) -> APIRouter:
     """The usage endpoints; include them in ``create_api_app``'s app (its handlers render the
     errors). ``reports_provider`` returns ``None`` while the analytics store is not open."""
     errors: dict[int | str, dict[str, Any]] = {
@@ -161,7 +162,7 @@ def usage_router(reports_provider: Callable[[], Reports | None], token: str | No
     router = APIRouter(
         prefix="/api/v1/usage",
         tags=["usage"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated(), auth.require("usage:read", org_in_query())],
         responses=errors,
     )
 

@@ -16,11 +16,12 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
-from hoodrun.api.app import ApiError, _bearer
+from hoodrun.api.app import ApiError
 from hoodrun.api.models import ErrorOut
+from hoodrun.api.rbac import Auth, actor, org_in_path
 from hoodrun.webhooks import (
     EVENTS,
     Delivery,
@@ -114,38 +115,56 @@ async def _guarded(call: Awaitable[T]) -> T:
         raise ApiError(409, "not_replayable", str(exc)) from None
 
 
-def webhooks_router(book: WebhookBook, token: str | None) -> APIRouter:
-    """The webhook routes; ``token`` is the admin bearer token (``None`` refuses every call)."""
+def webhooks_router(book: WebhookBook, auth: Auth) -> APIRouter:
+    """The webhook routes, each behind its permission (``webhooks:read`` or ``:write``)."""
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (400, 401, 404, 409, 422)
     }
     router = APIRouter(
         prefix="/admin/v1",
         tags=["webhooks"],
-        dependencies=[Depends(_bearer(token))],
+        dependencies=[auth.authenticated()],
         responses=errors,
     )
 
-    @router.post("/orgs/{org}/webhooks", status_code=status.HTTP_201_CREATED)
+    async def endpoint_org(request: Request) -> str | None:
+        return (await _guarded(book.endpoint(request.path_params["endpoint_id"]))).org_id
+
+    async def delivery_org(request: Request) -> str | None:
+        _, endpoint = await _guarded(book.target(request.path_params["delivery_id"]))
+        return endpoint.org_id
+
+    org = org_in_path()
+
+    @router.post(
+        "/orgs/{org}/webhooks",
+        status_code=status.HTTP_201_CREATED,
+        dependencies=[auth.require("webhooks:write", org)],
+    )
     async def create_webhook(org: Org, body: EndpointRequest) -> CreatedEndpointOut:
         """A new endpoint for the org; the answer holds its signing secret, once."""
-        made = await _guarded(book.create_endpoint(org, body.url, body.events, actor=ACTOR))
+        made = await _guarded(book.create_endpoint(org, body.url, body.events, actor=actor()))
         return CreatedEndpointOut(**EndpointOut.of(made).model_dump(), secret=made.secret)
 
-    @router.get("/orgs/{org}/webhooks")
+    @router.get("/orgs/{org}/webhooks", dependencies=[auth.require("webhooks:read", org)])
     async def list_webhooks(org: Org) -> EndpointsOut:
         """The org's endpoints (enabled and disabled), oldest first."""
         return EndpointsOut(webhooks=[EndpointOut.of(e) for e in await book.endpoints(org)])
 
-    @router.delete("/orgs/{org}/webhooks/{endpoint_id}")
+    @router.delete(
+        "/orgs/{org}/webhooks/{endpoint_id}", dependencies=[auth.require("webhooks:write", org)]
+    )
     async def disable_webhook(org: Org, endpoint_id: EndpointId) -> EndpointOut:
         """Disable the endpoint: nothing more is sent to it."""
         endpoint = await _guarded(book.endpoint(endpoint_id))
         if endpoint.org_id != org:
             raise ApiError(404, "webhook_not_found", f"org {org} has no webhook {endpoint_id!r}")
-        return EndpointOut.of(await _guarded(book.disable(endpoint_id, actor=ACTOR)))
+        return EndpointOut.of(await _guarded(book.disable(endpoint_id, actor=actor())))
 
-    @router.get("/webhooks/{endpoint_id}/deliveries")
+    @router.get(
+        "/webhooks/{endpoint_id}/deliveries",
+        dependencies=[auth.require("webhooks:read", endpoint_org)],
+    )
     async def list_deliveries(
         endpoint_id: EndpointId,
         status: Annotated[Literal["pending", "delivered", "failed"] | None, Query()] = None,
@@ -155,9 +174,13 @@ def webhooks_router(book: WebhookBook, token: str | None) -> APIRouter:
         found = await _guarded(book.deliveries(endpoint_id, status=status, limit=limit))
         return DeliveriesOut(deliveries=[DeliveryOut.of(d) for d in found])
 
-    @router.post("/webhook-deliveries/{delivery_id}/replay", status_code=202)
+    @router.post(
+        "/webhook-deliveries/{delivery_id}/replay",
+        status_code=202,
+        dependencies=[auth.require("webhooks:write", delivery_org)],
+    )
     async def replay_delivery(delivery_id: DeliveryId) -> DeliveryOut:
         """Send a failed delivery again (the worker runs it)."""
-        return DeliveryOut.of(await _guarded(book.replay(delivery_id, actor=ACTOR)))
+        return DeliveryOut.of(await _guarded(book.replay(delivery_id, actor=actor())))
 
     return router

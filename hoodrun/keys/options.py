@@ -11,7 +11,7 @@ from datetime import timedelta
 from hoodrun.config import Config
 from hoodrun.keys.errors import InvalidKeyOptions, UnknownChain, UnknownPlan
 
-__all__ = ["DEFAULT_PROJECT", "KeyOptions", "check_options"]
+__all__ = ["DEFAULT_PROJECT", "KeyOptions", "check_label", "check_options"]
 
 DEFAULT_PROJECT = "default"
 
@@ -65,9 +65,9 @@ def check_options(
     if burst is not None and burst < 1:
         raise InvalidKeyOptions("burst: must be at least 1")
     return KeyOptions(
-        org=_label("org", org),
-        project=_label("project", project if project is not None else DEFAULT_PROJECT),
-        name=_label("name", name, limit=128) if name is not None else None,
+        org=check_label("org", org),
+        project=check_label("project", project if project is not None else DEFAULT_PROJECT),
+        name=check_label("name", name, limit=128) if name is not None else None,
         plan=plan,
         chains=_non_empty("chains", chains, "for every chain"),
         origins=_non_empty("origins", [_origin(o) for o in origins], "for any origin")
@@ -90,7 +90,8 @@ def _choices(names: Iterable[str], what: str = "plans") -> str:
     return f"choose one of {listed}"
 
 
-def _label(option: str, value: str, *, limit: int = 64) -> str:
+def check_label(option: str, value: str, *, limit: int = 64) -> str:
+    """A name (org, project, key): trimmed, 1 to ``limit`` printable characters."""
     value = value.strip()
     if not value or len(value) > limit or not value.isprintable():
         raise InvalidKeyOptions(f"{option}: must be 1 to {limit} printable characters")

@@ -218,6 +218,39 @@ class KeyService:
         plan: str | None = found.plan
         return plan
 
+    async def update_policy(
+        self, key_id: str, changes: Mapping[str, Any], *, actor: str
+    ) -> KeyRecord:
+        """Change a key's policy (``name``, ``chains``, ``origins``, ``methods_allow``,
+        ``methods_deny``, ``rps``, ``burst``; ``None`` clears one), checked like a new key's.
+        Gateways apply it at the key's next request."""
+        unknown = set(changes) - set(_POLICY)
+        if unknown:
+            raise InvalidKeyOptions(f"not a key policy: {', '.join(sorted(unknown))}")
+        current = await self.get(key_id)
+        merged = {name: getattr(current, name) for name in _POLICY} | dict(changes)
+        options = check_options(
+            self._config,
+            org="org",  # checked when the key was made; only the policy is checked here
+            project=None,
+            plan=None,
+            chains=merged["chains"],
+            origins=merged["origins"],
+            expires_in=None,
+            name=merged["name"],
+            methods_allow=merged["methods_allow"],
+            methods_deny=merged["methods_deny"] or (),
+            rps=merged["rps"],
+            burst=merged["burst"],
+        )
+        wanted = {name: getattr(options, name) for name in changes}
+
+        def change(row: RowMapping, _: datetime) -> dict[str, Any] | None:
+            differs = {name: value for name, value in wanted.items() if row[name] != value}
+            return differs or None
+
+        return await self._change(key_id, "key.policy", change, actor=actor)
+
     def _check_plan(self, plan: str | None) -> None:
         if plan is not None and self._config.plan(plan) is None:
             names = ", ".join(p.name for p in self._config.plans)
@@ -294,6 +327,13 @@ class KeyService:
             rows = (await conn.execute(stmt)).mappings().all()
         return [to_record(row, self._config.default_plan) for row in rows]
 
+    async def org_id(self, name_or_id: str) -> str | None:
+        """The id of the org with this name or id, or None when there is none."""
+        stmt = select(orgs.c.id).where(or_(orgs.c.name == name_or_id, orgs.c.id == name_or_id))
+        async with self._store.connect() as conn:
+            found = await conn.scalar(stmt)
+        return str(found) if found is not None else None
+
     async def lookup(self, key_hash: str) -> KeyRecord | None:
         """The gateway's cache-miss fill: one indexed query. Raises ``StoreUnavailable``."""
         async with self._store.connect() as conn:
@@ -363,6 +403,8 @@ class KeyService:
                 target_type="key",
                 target_id=key_id,
                 details=_jsonable(values),
+                before={name: row[name] for name in values},
+                after=values,
             )
             record = await self._fetch(conn, key_id)
             if event is not None:
@@ -476,6 +518,9 @@ class KeyService:
             # next changed_since poll: a warning, not a failure of the change itself.
             logger.warning("could not announce key changes to gateways: %s", exc)
 
+
+# What ``update_policy`` may change.
+_POLICY = ("name", "chains", "origins", "methods_allow", "methods_deny", "rps", "burst")
 
 # Settings a rotated key keeps: everything but identity, secret and lifecycle timestamps.
 _COPIED_ON_ROTATION = (

@@ -38,17 +38,26 @@ __all__ = [
     "credit_grants",
     "credit_ledger",
     "credit_notes",
+    "email_tokens",
     "fx_rates",
     "invoices",
     "jobs",
     "ledger_entries",
     "ledger_exports",
+    "login_failures",
+    "memberships",
     "metadata",
+    "notices",
+    "notification_prefs",
     "orgs",
     "plans",
     "projects",
     "reconciliations",
     "refunds",
+    "service_instances",
+    "sessions",
+    "upstream_cordons",
+    "users",
     "webhook_deliveries",
     "webhook_endpoints",
 ]
@@ -132,6 +141,10 @@ audit_log = Table(
     Column("target_type", String(32), nullable=False),
     Column("target_id", String(64), nullable=False, index=True),
     Column("details", JSONType, nullable=False),
+    # Where the change came from (the client's address) and the object before and after it.
+    Column("ip", String(64), nullable=True),
+    Column("before", JSONType, nullable=True),
+    Column("after", JSONType, nullable=True),
 )
 
 alerts = Table(
@@ -429,4 +442,114 @@ webhook_deliveries = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("delivered_at", UTCDateTime(), nullable=True),
     UniqueConstraint("endpoint_id", "event_id"),
+)
+
+# --- the control plane: people, their sessions, what they want to hear of, the fleet ----------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),  # lower-cased
+    Column("name", String(128), nullable=False),
+    Column("password_hash", String(256), nullable=True),  # argon2id; NULL: single sign-on only
+    Column("email_verified_at", UTCDateTime(), nullable=True),
+    # An operator's role across every org and over the platform (NULL: a customer).
+    Column("platform_role", String(16), nullable=True),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), primary_key=True, index=True),
+    Column("role", String(16), nullable=False),  # viewer | ops | billing | admin
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Refresh tokens (one row per login, rotated on use): only their SHA-256 is stored.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=True),
+    Column("refresh_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("ip", String(64), nullable=True),
+)
+
+# Emailed one-time tokens (verify an address, reset a password): only their SHA-256 is stored.
+email_tokens = Table(
+    "email_tokens",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("purpose", String(16), nullable=False),  # verify | reset
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),
+)
+
+# Failed logins, by account and by address: the throttle counts the recent ones.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("subject", String(400), nullable=False),  # "email:<address>" | "ip:<address>"
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_login_failures_subject_at", "subject", "at"),
+)
+
+# What a member of an org wants to hear of, and how (email; webhooks are per org).
+notification_prefs = Table(
+    "notification_prefs",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), primary_key=True),
+    Column("event", String(32), primary_key=True),
+    Column("email", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Notices already sent (an org's 80% of its quota this month, ...): each is sent once.
+notices = Table(
+    "notices",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False, index=True),
+    Column("event", String(32), nullable=False),
+    Column("data", JSONType, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+)
+
+# Upstreams an operator took out of rotation, by chain and upstream name; gateways poll it.
+upstream_cordons = Table(
+    "upstream_cordons",
+    metadata,
+    Column("chain", String(64), primary_key=True),
+    Column("upstream", String(128), primary_key=True),
+    Column("reason", String(500), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+)
+
+# Each running process: its role, version and start, and (gateways) what it sees of its
+# upstreams; written every few seconds, so the control center reads the whole fleet.
+service_instances = Table(
+    "service_instances",
+    metadata,
+    Column("id", String(64), primary_key=True),  # host:pid:start
+    Column("role", String(16), nullable=False),  # gateway | api | worker
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False, index=True),
+    Column("status", JSONType, nullable=False),
 )

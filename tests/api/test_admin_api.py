@@ -171,7 +171,7 @@ async def test_lifecycle_and_audit(
 
     audit = await client.get("/admin/v1/audit", headers=AUTH, params={"limit": 50})
     entries = audit.json()["entries"]
-    assert {e["actor"] for e in entries} == {"admin-api"}
+    assert {e["actor"] for e in entries} == {"admin-token"}
     assert [e["action"] for e in entries if e["target_id"] == key_id] == [
         "key.rotate",
         "key.enable",

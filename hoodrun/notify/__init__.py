@@ -1,0 +1,1 @@
+"""Notifications: email over SMTP and the usage, error-rate and invoice notices."""

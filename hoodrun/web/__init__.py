@@ -1,0 +1,1 @@
+"""Server-rendered pages: the customer portal and the operators' control center."""
