@@ -35,7 +35,7 @@ from hoodrun.devnet import Anvil, ensure_anvil
 from hoodrun.explorer.ingest import open_log_ingestor
 from hoodrun.gateway.runtime import GatewayRuntime, open_key_events
 from hoodrun.identity import IdentityService
-from hoodrun.jobs import JobQueue, Worker
+from hoodrun.jobs import JobQueue, Schedule, Worker
 from hoodrun.keys.service import KeyService
 from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.metering.entitlements import OrgEntitlements
@@ -397,38 +397,41 @@ async def run_worker(
     ready: Callable[[Telemetry | None], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """The worker role: run the job queue's billing jobs and webhook deliveries (with
-    ``billing.enabled``, which runs the job queue) and, with
-    telemetry enabled, consume the record stream (with ``nats_url``) into the analytics store and
-    keep its rollups. ``ready`` gets the telemetry (``None`` when disabled). ``burst``: drain what
-    is waiting (records, rollups, due jobs) and return."""
+    """The worker role: run the job queue (webhook deliveries, notifications and, with
+    ``billing.enabled``, the billing jobs and their schedules) and, with telemetry enabled,
+    consume the record stream (with ``nats_url``) into the analytics store and keep its rollups.
+    ``ready`` gets the telemetry (``None`` when disabled). ``burst``: drain what is waiting
+    (records, rollups, due jobs) and return."""
     stop = _stop_on_signals(stop)
-    worker: Worker | None = None
     async with AsyncExitStack() as stack:
         telemetry: Telemetry | None = None
         if config.telemetry.enabled:
             telemetry = await open_telemetry(config, stack, produce=False, consume=True)
+        await upgrade(config.database_url)  # creates the SQLite file's directory too
+        store = await stack.enter_async_context(Store(config.database_url))
+        settings = config.billing.jobs
+        queue = JobQueue(store, backoff_base=settings.backoff_base, lease_margin=settings.lease)
+        # Webhook deliveries are jobs too: this worker POSTs them (no redirects followed).
+        client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        handlers = webhook_handlers(WebhookBook(store), client)
+        schedules: list[Schedule] = []
         if config.billing.enabled:
             # Imported here: billing brings the providers' SDKs, which only the worker needs.
             from hoodrun.billing import jobs as billing_jobs
 
-            await upgrade(config.database_url)  # creates the SQLite file's directory too
-            store = await stack.enter_async_context(Store(config.database_url))
-            settings = config.billing.jobs
-            queue = JobQueue(store, backoff_base=settings.backoff_base, lease_margin=settings.lease)
             analytics = telemetry.store if telemetry is not None else None
             billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
             stack.push_async_callback(billing.aclose)
-            # Webhook deliveries are jobs too: this worker POSTs them (no redirects followed).
-            client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
-            worker = Worker(
-                queue,
-                billing_jobs.handlers(billing) | webhook_handlers(WebhookBook(store), client),
-                schedules=billing_jobs.schedules(config),
-                concurrency=settings.concurrency,
-                poll_interval=settings.poll_interval,
-                keep_done=timedelta(days=settings.keep_done_days),
-            )
+            handlers |= billing_jobs.handlers(billing)
+            schedules.extend(billing_jobs.schedules(config))
+        worker = Worker(
+            queue,
+            handlers,
+            schedules=schedules,
+            concurrency=settings.concurrency,
+            poll_interval=settings.poll_interval,
+            keep_done=timedelta(days=settings.keep_done_days),
+        )
         if config.billing.jobs.metrics_listen is not None and not burst:
             _serve_metrics(config.billing.jobs.metrics_listen, stack)
         if ready is not None:
@@ -438,15 +441,11 @@ async def run_worker(
                 if telemetry.rollups is not None:
                     await telemetry.rollups.catch_up()
                 await telemetry.flush()
-            if worker is not None:
-                result = await worker.burst()
-                log.info(
-                    "worker burst: %d jobs done, %d to retry, %d dead",
-                    result.done, result.failed, result.dead,
-                )  # fmt: skip
+            result = await worker.burst()
+            log.info(
+                "worker burst: %d jobs done, %d to retry, %d dead",
+                result.done, result.failed, result.dead,
+            )  # fmt: skip
             return
-        if worker is not None:
-            await worker.run(stop)  # returns once stopped and the jobs in hand are finished
-        else:
-            await stop.wait()
+        await worker.run(stop)  # returns once stopped and the jobs in hand are finished
         log.info("worker stopping: finishing the batch in hand")

@@ -322,12 +322,9 @@ def create_api_app(
 
             app.include_router(logs_query_router(logs_store, scope))
     if web is not None and config.web.portal:
-        try:  # TEMPORARY-WIRING: until hoodrun.web.portal lands
-            from hoodrun.web.portal import portal_router
-        except ImportError:
-            pass
-        else:
-            app.include_router(portal_router(web))
+        from hoodrun.web.portal import portal_router
+
+        app.include_router(portal_router(web))
     if web is not None and config.web.control:
         try:  # TEMPORARY-WIRING: until hoodrun.web.control lands
             from hoodrun.web.control import control_router
