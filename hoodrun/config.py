@@ -254,6 +254,9 @@ class GatewayConfig(_Model):
     logs_timeout: float = Field(
         default=30.0, gt=0, description="Deadline of an eth_getLogs (slow by nature)."
     )
+    cordon_poll: float = Field(
+        default=2.0, gt=0, description="Seconds between a gateway's reads of the cordons."
+    )
 
     @field_validator("trusted_proxies", "ip_allow", "ip_deny")
     @classmethod

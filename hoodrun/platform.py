@@ -43,6 +43,7 @@ from hoodrun.metering.meters import MeterService
 from hoodrun.metering.store import ContractBook, CreditBook
 from hoodrun.notify.mail import Mailer
 from hoodrun.ops.alerts import AlertBook
+from hoodrun.ops.fleet import FleetReporter, gateway_status
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
 from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
@@ -153,6 +154,10 @@ async def run_platform(
                     telemetry=telemetry,
                 )
             )
+            serving = runtime  # read at each report: a reload may replace its gateway
+            await stack.enter_async_context(
+                FleetReporter(store, "gateway", lambda: gateway_status(serving.gateway))
+            )
             host, _ = parse_listen(config.listen)
             gateway_port = runtime.port
             gateway_url = f"http://{host}:{gateway_port}"
@@ -225,6 +230,7 @@ async def run_platform(
                 webhooks=webhooks,
                 identity=identity,
                 web=web,
+                jobs=queue,
             )
             server = _Uvicorn(
                 uvicorn.Config(
@@ -249,6 +255,10 @@ async def run_platform(
             if task.done():
                 task.result()  # raises the bind error
             api_url = f"http://{host}:{port}"
+            listening = api_url
+            await stack.enter_async_context(
+                FleetReporter(store, "api", lambda: {"api_url": listening})
+            )
         if reloader is not None:
             reloader.ready(runtime, keys, contracts)
         info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
@@ -424,6 +434,9 @@ async def run_worker(
             stack.push_async_callback(billing.aclose)
             handlers |= billing_jobs.handlers(billing)
             schedules.extend(billing_jobs.schedules(config))
+        await stack.enter_async_context(
+            FleetReporter(store, "worker", lambda: {"concurrency": settings.concurrency})
+        )
         worker = Worker(
             queue,
             handlers,

@@ -85,6 +85,7 @@ def create_api_app(
     webhooks: WebhookBook | None = None,
     identity: IdentityService | None = None,
     web: WebContext | None = None,
+    jobs: JobQueue | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -103,7 +104,8 @@ def create_api_app(
 
     ``identity`` adds people: the sessions API (``/auth/v1``) and users' access tokens on every
     route, checked against their roles; ``web`` the customer portal (``/portal``) and the
-    operators' control center (``/control``), as ``config.web`` enables them.
+    operators' control center (``/control``), as ``config.web`` enables them. ``jobs`` (default:
+    ``billing``'s queue) adds the job queue's routes to the fleet's (``/admin/v1/jobs``).
 
     ``token`` is the admin bearer token (the platform's admin); with neither it nor
     ``identity`` every call is refused (401).
@@ -272,6 +274,15 @@ def create_api_app(
         from hoodrun.keys.orgs import OrgBook
 
         app.include_router(orgs_router(keys, OrgBook(keys.store), auth, identity))
+    if keys is not None:
+        from hoodrun.api.fleet import fleet_router
+
+        queue = jobs if jobs is not None else billing[1] if billing is not None else None
+        fleet_reports = reports if reports is not None else (lambda: None)
+        # ``keys.config`` follows a reload.
+        app.include_router(
+            fleet_router(lambda: keys.config, keys.store, auth, queue, fleet_reports)
+        )
     if identity is not None:
         from hoodrun.api.sessions import sessions_router
 
@@ -326,12 +337,9 @@ def create_api_app(
 
         app.include_router(portal_router(web))
     if web is not None and config.web.control:
-        try:  # TEMPORARY-WIRING: until hoodrun.web.control lands
-            from hoodrun.web.control import control_router
-        except ImportError:
-            pass
-        else:
-            app.include_router(control_router(web))
+        from hoodrun.web.control import control_router
+
+        app.include_router(control_router(web))
     return app
 
 

@@ -37,6 +37,7 @@ _LATENCY_BUCKETS = (
 # (a node without ``net_peerCount`` or a closed ``txpool`` namespace has no series).
 _UPSTREAM_GAUGES = (
     ("hoodrun_upstream_healthy", "1 if the upstream takes traffic", "healthy", 1.0),
+    ("hoodrun_upstream_cordoned", "1 if an operator cordoned the upstream", "cordoned", 1.0),
     ("hoodrun_upstream_head_block", "Latest block seen on the upstream", "head", 1.0),
     ("hoodrun_upstream_lag_blocks", "Blocks behind the chain's best head", "lag", 1.0),
     ("hoodrun_upstream_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",

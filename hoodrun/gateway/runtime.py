@@ -27,6 +27,7 @@ from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.limits import Limiter, MemoryLimiter, RedisLimiter
 from hoodrun.limits._resp import RespClient
 from hoodrun.metering.entitlements import Entitlements, UsageCounters, billable_since
+from hoodrun.ops.cordons import CordonBook
 from hoodrun.store import Store
 from hoodrun.telemetry.service import Telemetry, compute_units, open_telemetry
 from hoodrun.telemetry.sink import FanoutSink, TelemetrySink
@@ -63,6 +64,7 @@ class GatewayRuntime:
         port: int | None = None,
         reuse_port: bool = False,
         key_poll_interval: float = 1.0,
+        cordon_poll_interval: float | None = None,
     ) -> None:
         self.config = config
         self._store = store
@@ -73,6 +75,12 @@ class GatewayRuntime:
         self._port = port
         self._reuse_port = reuse_port
         self._poll_interval = key_poll_interval
+        self._cordon_poll = (
+            cordon_poll_interval if cordon_poll_interval is not None else config.gateway.cordon_poll
+        )
+        # The cordons last read from the store, per chain (applied to every pool, new ones too).
+        self.cordons: dict[str, frozenset[str]] = {}
+        self._cordons_failing = False
         self._stack = AsyncExitStack()
         self.port = 0
         self.gateway: Gateway | None = None
@@ -172,6 +180,10 @@ class GatewayRuntime:
             entitlements=Entitlements(usage),
         )
         stack.push_async_callback(gateway.close_pools)  # the pools a reload added too
+        # Cordons apply before the first request: a restarted gateway never sends one to an
+        # upstream an operator took out.
+        cordons = CordonBook(store)
+        await self._read_cordons(cordons)
         stack.push_async_callback(gateway.sockets.aclose)  # after the server stopped
         server = HttpServer(
             gateway.handle,
@@ -186,14 +198,20 @@ class GatewayRuntime:
         )
         self.server = server
         stack.push_async_callback(server.shutdown)
-        poller = asyncio.get_running_loop().create_task(self._poll_key_changes(keys, verifier))
+        loop = asyncio.get_running_loop()
+        pollers = [
+            loop.create_task(self._poll_key_changes(keys, verifier)),
+            loop.create_task(self._poll_cordons(cordons)),
+        ]
 
-        async def stop_poller() -> None:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+        async def stop_pollers() -> None:
+            for poller in pollers:
+                poller.cancel()
+            for poller in pollers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
 
-        stack.push_async_callback(stop_poller)
+        stack.push_async_callback(stop_pollers)
         # Everything built so far lives as long as the process: keep the garbage collector from
         # re-scanning it on every collection (a measured share of the per-request cost).
         gc.collect()
@@ -225,6 +243,35 @@ class GatewayRuntime:
             # changed_since already trails "now" by its overlap; never move backwards.
             watermark = max(watermark, newest)
 
+    async def _read_cordons(self, book: CordonBook) -> None:
+        """Read the cordons and apply them; when the store does not answer, the last ones
+        read stay applied (none at start: every upstream serves)."""
+        try:
+            self.cordons = await book.by_chain()
+        except Exception as exc:  # noqa: BLE001 (store down: keep what was applied)
+            # Said once per outage, not at every poll.
+            level = logging.DEBUG if self._cordons_failing else logging.WARNING
+            log.log(level, "cordons not read (%s): the last ones read stay", type(exc).__name__)
+            self._cordons_failing = True
+        else:
+            if self._cordons_failing:
+                log.info("cordons read again")
+            self._cordons_failing = False
+        self._apply_cordons()
+
+    def _apply_cordons(self) -> None:
+        if self.gateway is None:
+            return
+        for state in self.gateway.chains.values():
+            state.pool.set_cordoned(self.cordons.get(state.name, ()))
+
+    async def _poll_cordons(self, book: CordonBook) -> None:
+        """Cordons made by any process (the admin API, the control center) reach this gateway
+        within one interval."""
+        while True:
+            await asyncio.sleep(self._cordon_poll)
+            await self._read_cordons(book)
+
     async def reload(self, config: Config) -> list[Change]:
         """Adopt ``config``'s chains, upstreams, plans, health checks and public access without
         dropping a request (``Gateway.reload``); plans are synced to the database. Returns the
@@ -235,6 +282,7 @@ class GatewayRuntime:
         await self.keys.store.sync_plans(merged.plans)
         self.keys.config = merged
         await self.gateway.reload(merged)
+        self._apply_cordons()  # to the chains and upstreams the reload added
         self.config = merged
         return restart
 

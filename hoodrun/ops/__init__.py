@@ -1,1 +1,2 @@
-"""Operations: what the platform learns about itself from its monitoring (alerts)."""
+"""Operations: what the platform learns about itself: alerts from its monitoring, the fleet of
+running processes and what their gateways see, cordons, and service levels."""

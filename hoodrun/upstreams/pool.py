@@ -22,6 +22,13 @@ transport error, timeout, 5xx,          failure      failure    next-best other 
 
 A 429 moves traffic away (score) without opening the breaker: a throttled node is healthy.
 
+Cordons (``set_cordoned``): an operator takes upstreams out of rotation by name. A cordoned
+upstream gets no request, not even as a half-open probe or a last resort, but its health is
+still checked (its head still counts for the others' lag) and its snapshot says ``cordoned``.
+When every upstream a call could use is cordoned, the call fails as when none is healthy
+(``NoHealthyUpstream``: the gateway's fast 503): a cordon is an operator's explicit order, so the
+pool never overrides it, and a chain drained on purpose says so rather than serving anyway.
+
 Writes (``write_tx``) are retried too, but once an attempt may have delivered the transaction, a
 retry's "already known" error (or a "nonce too low" for a hash the node does know) is turned back
 into the success reply the first copy would have produced; see ``_writes``.
@@ -32,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -99,6 +106,7 @@ class ChainPool:
         self._connections = gateway.upstream_connections
         self._connect_timeout = min(2.0, gateway.upstream_timeout)
         self.upstreams: list[Upstream] = [self._upstream(config) for config in chain.upstreams]
+        self._cordoned: frozenset[str] = frozenset()
         self._derive()
         self._best_head: int | None = None
         self._tasks: dict[Upstream, asyncio.Task[None]] = {}
@@ -121,6 +129,29 @@ class ChainPool:
         self._plain = not self._offered and not any(
             up.fallback or up.max_inflight is not None for up in self.upstreams
         )
+        # What selection looks at: the upstreams not cordoned (one list swapped in one step, so
+        # the hot path pays nothing for cordons).
+        for up in self.upstreams:
+            up.cordoned = up.name in self._cordoned
+        self._rotation = [up for up in self.upstreams if not up.cordoned]
+
+    def set_cordoned(self, names: Iterable[str]) -> None:
+        """Take exactly the upstreams named out of rotation (and put the others back). Names
+        that are not upstreams of this chain are ignored (they may be of a config not loaded
+        yet); a request in flight finishes where it is."""
+        wanted = frozenset(names)
+        if wanted == self._cordoned:
+            return
+        for up in self.upstreams:
+            if (up.name in wanted) != up.cordoned:
+                verb = "cordoned: no traffic" if up.name in wanted else "uncordoned: back in"
+                log.warning("chain %s: upstream %s %s", self.name, up.name, verb)
+        self._cordoned = wanted
+        self._derive()
+
+    def cordoned(self) -> frozenset[str]:
+        """The names of this chain's upstreams out of rotation by cordon."""
+        return frozenset(up.name for up in self.upstreams if up.cordoned)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -332,6 +363,8 @@ class ChainPool:
                 maybe_delivered=maybe_sent,
             ) from last
         if last is None:
+            if not self._rotation:
+                raise NoHealthyUpstream(f"every upstream of chain {self.name!r} is cordoned")
             if need is not None and need in self._offered:
                 raise NoHealthyUpstream(
                     f"no healthy upstream with {need!r} for chain {self.name!r}", need=need
@@ -382,7 +415,7 @@ class ChainPool:
         if self._plain:  # no tags, tiers or caps on this chain: by score alone
             best: Upstream | None = None
             best_score = 0.0
-            for up in self.upstreams:
+            for up in self._rotation:
                 if up.out_reason is None and up.breaker.closed and up not in tried:
                     score = up.score()
                     if best is None or score < best_score:
@@ -396,11 +429,11 @@ class ChainPool:
         return min(eligible, key=lambda up: self._rank(up, need), default=None)
 
     def _able(self, need: str | None) -> list[Upstream]:
-        """The upstreams that can serve a call needing ``need``: those declaring it, when
-        any does (a chain that declares no capability serves everything everywhere)."""
+        """The upstreams in rotation that can serve a call needing ``need``: those declaring
+        it, when any does (a chain that declares no capability serves everything everywhere)."""
         if need is None or need not in self._offered:
-            return self.upstreams
-        return [up for up in self.upstreams if need in up.tags]
+            return self._rotation
+        return [up for up in self._rotation if need in up.tags]
 
     @staticmethod
     def _rank(up: Upstream, need: str | None) -> tuple[int, int, float]:
@@ -479,7 +512,8 @@ class ChainPool:
         return max(best - safe_depth, -1)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per upstream: health, reason, head, lag, breaker, latency, error rate, inflight."""
+        """Per upstream: health, reason, head, lag, breaker, latency, error rate, inflight,
+        cordoned."""
         return [up.snapshot() for up in self.upstreams]
 
     async def check_now(self) -> None:

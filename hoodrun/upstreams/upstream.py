@@ -37,6 +37,7 @@ class Upstream:
         "checked_at",
         "client_version",
         "config",
+        "cordoned",
         "error_rate",
         "ewma_latency",
         "fallback",
@@ -116,10 +117,14 @@ class Upstream:
         self.batch_ok = True
         self.checked_at: float | None = None
         self.out_reason: str | None = "not checked yet"
+        # Taken out of rotation by an operator (``ChainPool.set_cordoned``): no traffic, but
+        # still health-checked, so its figures stay current for when it comes back.
+        self.cordoned = False
 
     @property
     def healthy(self) -> bool:
-        """Eligible for traffic: the health checks pass and the breaker is closed."""
+        """The health checks pass and the breaker is closed (eligible for traffic unless
+        ``cordoned``)."""
         return self.out_reason is None and self.breaker.closed
 
     @property
@@ -187,6 +192,7 @@ class Upstream:
             "weight": self.weight,
             "tags": sorted(self.tags),
             "tier": "fallback" if self.fallback else "own",
+            "cordoned": self.cordoned,
             "connections": {"idle": self.http.idle, "in_use": self.http.in_use},
         }
 

@@ -188,10 +188,11 @@ def is_htmx(request: Request) -> bool:
 
 
 def safe_next(value: str | None) -> str:
-    """Where to go after logging in: a portal path only (never another site)."""
+    """Where to go after logging in: a portal or control-center path only (never another
+    site)."""
     if (
         value
-        and value.startswith(PORTAL + "/")
+        and value.startswith((PORTAL + "/", "/control"))
         and not value.startswith("//")
         and "\\" not in value
         and all(ch.isprintable() for ch in value)
