@@ -117,8 +117,10 @@ from hoodrun.cli import billing as _billing  # noqa: E402
 from hoodrun.cli import jobs as _jobs  # noqa: E402
 from hoodrun.cli import ledger as _ledger  # noqa: E402
 from hoodrun.cli import logs as _logs  # noqa: E402
+from hoodrun.cli import users as _users  # noqa: E402
 
 app.add_typer(_jobs.app, name="jobs")
 app.add_typer(_billing.app, name="billing")
 app.add_typer(_ledger.app, name="ledger")
 app.add_typer(_logs.app, name="logs")
+app.add_typer(_users.app, name="users")
