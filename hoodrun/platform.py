@@ -41,6 +41,7 @@ from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.metering.entitlements import OrgEntitlements
 from hoodrun.metering.meters import MeterService
 from hoodrun.metering.store import ContractBook, CreditBook
+from hoodrun.notify import jobs as notify_jobs
 from hoodrun.notify.mail import Mailer
 from hoodrun.ops.alerts import AlertBook
 from hoodrun.ops.fleet import FleetReporter, gateway_status
@@ -423,13 +424,15 @@ async def run_worker(
         queue = JobQueue(store, backoff_base=settings.backoff_base, lease_margin=settings.lease)
         # Webhook deliveries are jobs too: this worker POSTs them (no redirects followed).
         client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
-        handlers = webhook_handlers(WebhookBook(store), client)
-        schedules: list[Schedule] = []
+        analytics = telemetry.store if telemetry is not None else None
+        handlers = webhook_handlers(WebhookBook(store), client) | notify_jobs.handlers(
+            config, store, analytics=analytics
+        )
+        schedules: list[Schedule] = [*notify_jobs.schedules(config)]
         if config.billing.enabled:
             # Imported here: billing brings the providers' SDKs, which only the worker needs.
             from hoodrun.billing import jobs as billing_jobs
 
-            analytics = telemetry.store if telemetry is not None else None
             billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
             stack.push_async_callback(billing.aclose)
             handlers |= billing_jobs.handlers(billing)

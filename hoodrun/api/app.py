@@ -78,7 +78,7 @@ def create_api_app(
     meters: MeterService | None = None,
     entitlements: OrgEntitlements | None = None,
     accounts: tuple[ContractBook, CreditBook] | None = None,
-    billing: tuple[InvoiceBook, JobQueue] | None = None,
+    billing: tuple[InvoiceBook, JobQueue | None] | None = None,
     logs: LogIngestor | None = None,
     logs_store: Callable[[], AnalyticsStore | None] | None = None,
     verifier: KeyVerifier | None = None,

@@ -61,5 +61,9 @@ POLICIES: Mapping[str, JobPolicy] = _policies(
     # One POST of a webhook event (hoodrun.webhooks): eight attempts with the queue's backoff
     # ride out a receiver's outage of hours; a POST gives up after 10 s.
     JobPolicy("webhook-deliver", NORMAL, 8, 30.0),
+    # Notifications (hoodrun.notify): the watcher each notifications.interval (a failed check is
+    # not retried: the next slot checks again); an event's mail, then each member's (8 attempts).
+    JobPolicy("notify-watch", NORMAL, 1, 2 * MINUTE),
+    JobPolicy("notify-email", NORMAL, 8, MINUTE),
 )
 """The job kinds HoodRun runs, by name."""

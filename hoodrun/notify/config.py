@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["NotificationsConfig", "SmtpConfig"]
 
@@ -26,9 +26,11 @@ class SmtpConfig(_Model):
 
 
 class NotificationsConfig(_Model):
-    """Notices to orgs: webhooks and email to members who want them."""
+    """Notices to orgs: webhooks and email to members who want them (docs/notifications.md)."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True, description="The worker watches usage and error rates, and mails events."
+    )
     usage_thresholds: tuple[int, ...] = Field(
         default=(80, 100), description="Percent of a quota or spending cap that is announced."
     )
@@ -38,3 +40,10 @@ class NotificationsConfig(_Model):
     error_min_requests: int = Field(default=100, ge=1)
     error_window: int = Field(default=300, ge=60, description="Seconds the error rate covers.")
     interval: int = Field(default=60, ge=5, description="Seconds between checks (worker).")
+
+    @field_validator("usage_thresholds")
+    @classmethod
+    def _thresholds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 1 <= percent <= 1000 for percent in value):
+            raise ValueError("each threshold is a percent from 1 to 1000")
+        return tuple(sorted(set(value)))

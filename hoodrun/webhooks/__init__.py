@@ -9,7 +9,8 @@
         await book.emit(conn, "invoice.paid", org_id, {"invoice_id": ...})
     worker = Worker(queue, handlers(book, httpx.AsyncClient()))   # POSTs them, with retries
 
-Receivers check ``HoodRun-Signature`` with ``verify_signature`` (see docs/webhooks.md).
+Receivers check ``HoodRun-Signature`` with ``verify_signature`` (see docs/webhooks.md). The
+events members can get by mail are also mailed (``hoodrun.notify``, docs/notifications.md).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 paid): it inserts one delivery per enabled endpoint of the org subscribed to the event and
 enqueues a ``webhook-deliver`` job for each (``JobQueue.enqueue_in``), so an event is sent if and
 only if its change committed. The worker's handler (``hoodrun.webhooks.deliver``) then POSTs it.
+
+The events members can get by mail (``hoodrun.notify.kinds.MAILED_EVENTS``: usage, error rate,
+invoices, credits) also enqueue one ``notify-email`` job, in the same transaction, when a member
+of the org would get it (``hoodrun.notify.mailing`` sends it, or skips it without SMTP).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hoodrun.jobs import JobQueue
+from hoodrun.notify.kinds import MAILED_EVENTS, NOTIFY_EMAIL, job_policies, mail_key
+from hoodrun.notify.recipients import anyone_wants
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import orgs, webhook_deliveries, webhook_endpoints
 from hoodrun.webhooks.errors import (
@@ -35,12 +41,15 @@ __all__ = ["DELIVERY_KIND", "EVENTS", "Delivery", "Endpoint", "WebhookBook"]
 EVENTS: Final = (
     "key.created",
     "key.revoked",
+    "usage.threshold",
+    "quota.exhausted",
+    "error_rate.spike",
     "invoice.created",
     "invoice.paid",
     "credits.low",
 )
-"""The events an endpoint can take (``usage.threshold`` and ``quota.exhausted`` are not sent
-yet: nothing in HoodRun records the moment they happen)."""
+"""The events an endpoint can take. ``usage.threshold``, ``quota.exhausted`` and
+``error_rate.spike`` come from the worker's watcher (``hoodrun.notify.watch``)."""
 
 DELIVERY_KIND: Final = "webhook-deliver"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -119,12 +128,18 @@ def _check_events(events: Iterable[str]) -> list[str]:
 
 
 class WebhookBook:
-    """Endpoints and deliveries in the business store; ``emit`` inside a caller's transaction."""
+    """Endpoints and deliveries in the business store; ``emit`` inside a caller's transaction.
 
-    def __init__(self, store: Store, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    ``mail``: also enqueue the ``notify-email`` job of each mailed event (the default; the
+    job sends nothing without ``smtp.host``)."""
+
+    def __init__(
+        self, store: Store, *, clock: Callable[[], datetime] = _utc_now, mail: bool = True
+    ) -> None:
         self._store = store
         self.clock = clock
-        self._queue = JobQueue(store, clock=clock)
+        self.mail = mail
+        self._queue = JobQueue(store, clock=clock, policies=job_policies())
 
     # --- endpoints -----------------------------------------------------------------------------
 
@@ -221,17 +236,12 @@ class WebhookBook:
         *,
         event_id: str | None = None,
     ) -> builtins.list[str]:
-        """Queue ``event_type`` for the org's enabled endpoints that take it, in the caller's
-        transaction ``conn``; returns the deliveries' ids. ``event_id`` (default: a new one)
-        makes emitting the same event again a no-op per endpoint."""
+        """Queue ``event_type`` for the org's enabled endpoints that take it, and (a mailed
+        event) its mail to the org's members, in the caller's transaction ``conn``; returns the
+        deliveries' ids. ``event_id`` (default: a new one) makes emitting the same event again a
+        no-op per endpoint and for the mail."""
         if event_type not in EVENTS:
             raise ValueError(f"unknown webhook event {event_type!r}")
-        stmt = select(webhook_endpoints.c.id, webhook_endpoints.c.events).where(
-            (webhook_endpoints.c.org_id == org_id) & webhook_endpoints.c.enabled.is_(True)
-        )
-        targets = [row.id for row in await conn.execute(stmt) if event_type in row.events]
-        if not targets:
-            return []
         now = self.clock()
         event_id = event_id or new_id("evt")
         payload = {
@@ -241,6 +251,30 @@ class WebhookBook:
             "org_id": org_id,
             "data": dict(data),
         }
+        made = await self._deliver(conn, event_type, org_id, payload, now)
+        if (
+            self.mail
+            and event_type in MAILED_EVENTS
+            and await anyone_wants(conn, org_id, event_type)
+        ):
+            await self._queue.enqueue_in(
+                conn, NOTIFY_EMAIL, {"event": payload}, idempotency_key=mail_key(event_id)
+            )
+        return made
+
+    async def _deliver(
+        self,
+        conn: AsyncConnection,
+        event_type: str,
+        org_id: str,
+        payload: dict[str, Any],
+        now: datetime,
+    ) -> builtins.list[str]:
+        stmt = select(webhook_endpoints.c.id, webhook_endpoints.c.events).where(
+            (webhook_endpoints.c.org_id == org_id) & webhook_endpoints.c.enabled.is_(True)
+        )
+        targets = [row.id for row in await conn.execute(stmt) if event_type in row.events]
+        event_id = payload["id"]
         made: builtins.list[str] = []
         for endpoint_id in targets:
             delivery_id = new_id("whd")

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import insert
 
 from hoodrun.api.app import create_api_app
-from hoodrun.api.billing import billing_router
 from hoodrun.billing.config import IssuerConfig
 from hoodrun.billing.documents import FONT_DIR, format_money, latin1, render_html, render_pdf
 from hoodrun.billing.invoices import Invoice, InvoiceBook, InvoiceLine
@@ -257,8 +256,7 @@ def test_without_the_fonts_the_pdf_is_transliterated() -> None:
 @pytest.fixture
 async def api(store: Store) -> AsyncIterator[tuple[httpx.AsyncClient, InvoiceBook]]:
     book = InvoiceBook(store, CONFIG, clock=FakeClock(NOW))
-    app = create_api_app(CONFIG, KeyService(store, CONFIG), token=TOKEN)
-    app.include_router(billing_router(book, TOKEN))
+    app = create_api_app(CONFIG, KeyService(store, CONFIG), token=TOKEN, billing=(book, None))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
         yield http, book

@@ -23,7 +23,6 @@ import yaml
 from typer.testing import CliRunner
 
 from hoodrun.api.app import create_api_app
-from hoodrun.api.usage import usage_router
 from hoodrun.cli import _root
 from hoodrun.cli.usage import usage_command
 from hoodrun.config import Config
@@ -473,8 +472,7 @@ class BrokenStore:
 
 def api(reports: Reports | None, token: str | None = TOKEN) -> httpx.AsyncClient:
     # The admin app as the api role builds it (its handlers render the errors); no key calls.
-    app = create_api_app(Config(), cast(KeyService, None), token=token)
-    app.include_router(usage_router(lambda: reports, token))
+    app = create_api_app(Config(), cast(KeyService, None), token=token, reports=lambda: reports)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     transport = httpx.ASGITransport(app=app)
     return httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth)
