@@ -128,6 +128,8 @@ def raw_rows(rows: int, org_ids: list[str], period: str, seed: int) -> pa.Table:
         "bytes_out": pa.array(np.full(rows, 300, np.uint32)),
         "compute_units": pa.array(cost.astype(np.uint32)),
         "client_ip": pa.array(np.full(rows, "203.0.113.0", dtype=object)),
+        "params_excerpt": pa.repeat(pa.scalar("", pa.string()), rows),
+        "response_excerpt": pa.repeat(pa.scalar("", pa.string()), rows),
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 

@@ -12,8 +12,8 @@ must match), ``q`` (words that must all appear; ``"a phrase"`` in quotes; see
 
 Errors: 400 a bad parameter (the message says which), 401/403 the key, 404 no such request,
 422 a malformed number, 503 ``analytics_unavailable`` when the analytics store is not open or
-failed. The request explorer shows what the gateway records of each call; payloads (params and
-answers) are not captured.
+failed. The request explorer shows what the gateway records of each call; a request's detail
+adds its params and answers when the project captures payloads (excerpts, secrets redacted).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class DailyOut(_RangeOut):
 
 
 class RequestCallOut(BaseModel):
-    """One JSON-RPC call (a batch's calls share its request id). No payloads are recorded."""
+    """One JSON-RPC call (a batch's calls share its request id). Payloads, when captured, are
+    in the request's detail only."""
 
     ts: datetime
     request_id: str
@@ -148,6 +149,12 @@ class RequestSearchOut(_RangeOut):
     rows: list[RequestCallOut]
 
 
+_EXCERPT = (
+    'JSON text as captured (secrets "[redacted]"); cut at the project\'s capture_bytes and '
+    "then marked …[cut: N bytes]. Null when payloads were not captured."
+)
+
+
 class CallOut(BaseModel):
     call_index: int
     method: str
@@ -155,10 +162,15 @@ class CallOut(BaseModel):
     error_code: int
     cache_hit: bool
     compute_units: int
+    params_excerpt: str | None = Field(description=f"The call's params. {_EXCERPT}")
+    response_excerpt: str | None = Field(
+        description=f"Its answer ('' for a notification: none is sent). {_EXCERPT}"
+    )
 
 
 class RequestDetailOut(BaseModel):
-    """A request and its calls, as recorded: the gateway does not capture params or answers."""
+    """A request and its calls, as recorded; with their params and answers when the project
+    captures payloads."""
 
     project: str
     request_id: str
@@ -175,6 +187,10 @@ class RequestDetailOut(BaseModel):
     bytes_out: int
     compute_units: int
     client_ip: str
+    payloads_captured: bool = Field(description="The calls' params and answers were captured.")
+    payloads_note: str | None = Field(
+        description="Why there are none: payload capture was off for the project."
+    )
     calls: list[CallOut]
 
 
@@ -356,7 +372,8 @@ def logs_query_router(
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> RequestSearchOut:
-        """The project's RPC calls, newest first (what the gateway records; no payloads)."""
+        """The project's RPC calls, newest first (what the gateway records; payloads, when
+        captured, are in a request's detail)."""
         explorer = RequestExplorer(store())
 
         async def run() -> dict[str, Any]:
@@ -388,8 +405,8 @@ def logs_query_router(
         ] = None,
         to: To = None,
     ) -> RequestDetailOut:
-        """A request and every call of it. The gateway does not capture payloads: there are no
-        params or answers, only what is recorded of each call."""
+        """A request and every call of it; with each call's params and answer (excerpts,
+        secrets redacted) when the project captures payloads (`capture_payloads`)."""
         explorer = RequestExplorer(store())
 
         async def run() -> dict[str, Any] | None:

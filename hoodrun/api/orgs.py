@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hoodrun.api.errors import ApiError
 from hoodrun.api.models import ErrorOut, KeyOut
 from hoodrun.api.rbac import Auth, Principal, actor, org_in_path
-from hoodrun.keys.orgs import Org, OrgBook, Project
+from hoodrun.keys.orgs import MAX_CAPTURE_BYTES, MIN_CAPTURE_BYTES, Org, OrgBook, Project
 from hoodrun.keys.service import KeyService
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __all__ = ["orgs_router"]
 
 OrgId = Annotated[str, Path(description="The org id (org_...).")]
 UserId = Annotated[str, Path(description="The user id (usr_...).")]
+ProjectId = Annotated[str, Path(description="The project id (prj_...).")]
 RoleName = Literal["viewer", "ops", "billing", "admin"]
 
 
@@ -63,11 +64,29 @@ class ProjectIn(_Body):
     name: str = Field(min_length=1, max_length=64)
 
 
+class ProjectSettingsIn(_Body):
+    """What to change of a project's settings; a field left out stays."""
+
+    capture_payloads: bool | None = Field(
+        default=None,
+        description="Keep an excerpt of each call's params and answer for the request explorer "
+        "(secrets redacted); off by default.",
+    )
+    capture_bytes: int | None = Field(
+        default=None,
+        ge=MIN_CAPTURE_BYTES,
+        le=MAX_CAPTURE_BYTES,
+        description="Bytes kept of each params and each answer; longer ones are cut (and say so).",
+    )
+
+
 class ProjectOut(BaseModel):
     id: str
     org_id: str
     name: str
     created_at: datetime
+    capture_payloads: bool = Field(description="Params and answers are kept (excerpts).")
+    capture_bytes: int = Field(description="Bytes kept of each params and each answer.")
 
 
 class ProjectsOut(BaseModel):
@@ -216,6 +235,21 @@ def orgs_router(
     )
     async def create_project(org: OrgId, body: ProjectIn) -> ProjectOut:
         return _project(await orgs.create_project(org, body.name, actor=actor()))
+
+    @router.patch(
+        "/orgs/{org}/projects/{project_id}", dependencies=[auth.require("org:write", org)]
+    )
+    async def update_project(
+        org: OrgId, project_id: ProjectId, body: ProjectSettingsIn
+    ) -> ProjectOut:
+        """Change a project's settings: its payload capture. The gateways apply it at the next
+        request of each of its keys."""
+        changes = body.model_dump(exclude_none=True)
+        if not changes:
+            raise ApiError(400, "nothing_to_change", "name at least one setting")
+        project = await orgs.update_project(org, project_id, **changes, actor=actor())
+        await keys.announce_project(project_id)
+        return _project(project)
 
     @router.patch("/keys/{key_id}", dependencies=[auth.require("keys:write", key_org)])
     async def update_key_policy(key_id: str, body: KeyPolicyIn) -> KeyOut:

@@ -319,8 +319,8 @@ def requests(
     cursor: Cursor = None,
     as_json: Json = False,
 ) -> None:
-    """The project's RPC calls, newest first, or one request's calls (payloads are not
-    recorded: only methods, outcomes, codes, latency, bytes and units)."""
+    """The project's RPC calls, newest first, or one request's calls (with their params and
+    answers when the project captures payloads)."""
 
     async def work(store: AnalyticsStore, project_id: str, org_id: str | None) -> dict[str, Any]:
         explorer = _explorer(store)
@@ -380,4 +380,14 @@ def _detail(found: dict[str, Any]) -> None:
             str(call["compute_units"]),
         )  # fmt: skip
     console.print(table)
-    console.print("Payloads (params and answers) are not recorded.")
+    if not found["payloads_captured"]:
+        console.print(f"No params or answers: {found['payloads_note']}.")
+        return
+    for call in found["calls"]:
+        if call["params_excerpt"] is None:
+            continue
+        console.print(f"call {call['call_index']} {escape(call['method'])}")
+        console.print(f"  params:   {escape(call['params_excerpt'])}", soft_wrap=True)
+        console.print(
+            f"  response: {escape(call['response_excerpt'] or '(none sent)')}", soft_wrap=True
+        )

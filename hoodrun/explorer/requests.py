@@ -3,8 +3,9 @@
 What is recorded of a request is what the gateway's telemetry keeps (``hoodrun.telemetry.rows``):
 time, chain, method, outcome and JSON-RPC error code per call; status, latency, upstream, attempts,
 bytes, compute units and the client's address (truncated or hashed as configured) per request.
-The gateway does not capture payloads (a call's params and its answer): no record has them, so
-neither the search nor a request's detail can show them.
+Payloads (a call's params and its answer) are kept only for projects that turned payload capture
+on (``capture_payloads``), as excerpts cut at the project's ``capture_bytes`` with secrets
+redacted (``hoodrun.gateway.payloads``): a request's detail shows them; searches do not read them.
 
 Every query names its project (and its org when the caller's key gives it: the first column of
 the table's sorting key) and reads ``requests_raw FINAL`` (a batch written twice counts once).
@@ -33,7 +34,7 @@ from hoodrun.explorer.query import (
 if TYPE_CHECKING:
     from hoodrun.telemetry.store import AnalyticsStore
 
-__all__ = ["RequestExplorer"]
+__all__ = ["CAPTURE_OFF", "RequestExplorer"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -43,6 +44,10 @@ _COLUMNS = """toUnixTimestamp64Milli(ts) AS ts_ms, request_id, call_index, batch
     chain, method, outcome, error_code, status, latency_ms, upstream_latency_ms, upstream,
     attempts, cache_hit, bytes_in, bytes_out, compute_units, client_ip"""
 _FROM = f"SELECT {_COLUMNS}\nFROM {{db}}.requests_raw FINAL\nWHERE "
+_FROM_DETAIL = (
+    f"SELECT {_COLUMNS}, params_excerpt, response_excerpt\nFROM {{db}}.requests_raw FINAL\nWHERE "
+)
+CAPTURE_OFF = "payload capture is off for this project (or was when this request was made)"
 _ORDER = "\nORDER BY ts DESC, request_id DESC, call_index DESC\nLIMIT {limit:UInt32}"
 _AFTER = (
     " AND ts <= fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC')"
@@ -152,9 +157,11 @@ class RequestExplorer:
         """One request and every call of it (a batch has several), or ``None`` if the project
         has no such request (or no longer: records are kept ``raw_days``).
 
-        Payloads are not captured by the gateway: there are no params or answers to show, only
-        what ``search`` shows of each call. Without ``start`` and ``end`` every kept day is
-        read; with them (when the request's time is known), only the days of that range.
+        Each call has what ``search`` shows of it and, when the project captured payloads, its
+        ``params_excerpt`` and ``response_excerpt`` (JSON text, possibly cut; ``None`` when not
+        captured); ``payloads_captured`` says whether any call has them, and ``payloads_note``
+        why not. Without ``start`` and ``end`` every kept day is read; with them (when the
+        request's time is known), only the days of that range.
         """
         check_project(project)
         if not request_id:
@@ -165,10 +172,12 @@ class RequestExplorer:
             raise ValueError("give both start and end, or neither")
         where, params = _where(project, org, start, end)
         params["request_id"] = request_id
-        rows = await self.store.query(_FROM + where + _DETAIL, params)
+        rows = await self.store.query(_FROM_DETAIL + where + _DETAIL, params)
         if not rows:
             return None
         first = rows[0]
+        # A captured call always has params text ("null" when it sent none).
+        captured = any(row["params_excerpt"] for row in rows)
         return {
             "project": project,
             "request_id": str(first["request_id"]),
@@ -186,6 +195,8 @@ class RequestExplorer:
             "bytes_out": sum(int(row["bytes_out"]) for row in rows),
             "compute_units": sum(int(row["compute_units"]) for row in rows),
             "client_ip": str(first["client_ip"]),
+            "payloads_captured": captured,
+            "payloads_note": None if captured else CAPTURE_OFF,
             "calls": [
                 {
                     "call_index": int(row["call_index"]),
@@ -194,6 +205,11 @@ class RequestExplorer:
                     "error_code": int(row["error_code"]),
                     "cache_hit": bool(int(row["cache_hit"])),
                     "compute_units": int(row["compute_units"]),
+                    "params_excerpt": str(row["params_excerpt"]) or None,
+                    # '' with params: captured, and nothing was sent back (a notification).
+                    "response_excerpt": (
+                        str(row["response_excerpt"]) if row["params_excerpt"] else None
+                    ),
                 }
                 for row in rows
             ],

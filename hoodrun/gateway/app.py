@@ -46,6 +46,7 @@ from hoodrun.gateway.errors import (
 from hoodrun.gateway.http import Request, Response
 from hoodrun.gateway.jsonrpc import Call, parse_body
 from hoodrun.gateway.metrics import GatewayMetrics
+from hoodrun.gateway.payloads import excerpts
 from hoodrun.gateway.policy import Policy
 from hoodrun.gateway.reads import Reads, error_code
 from hoodrun.gateway.ws import CURRENT_SESSION, WebSockets
@@ -92,6 +93,7 @@ class Trace:
     """What the telemetry record needs, filled in as the pipeline goes."""
 
     __slots__ = (
+        "answers",
         "attempts",
         "cache",
         "call_results",
@@ -123,6 +125,7 @@ class Trace:
         self.fresh = False  # the call reads the tip: nodes at the best head first
         self.error_code = 0
         self.call_results: tuple[tuple[int, str | None], ...] | None = None
+        self.answers: list[Any] | None = None  # a batch's, kept for payload capture only
 
 
 class Gateway:
@@ -664,6 +667,8 @@ class Gateway:
         results = tuple(_call_result(a.answer if isinstance(a, _Unsent) else a) for a in answers)
         trace.call_results = results
         trace.rpc_errors = sum(1 for code, _ in results if code)
+        if record is not None and record.capture_bytes is not None:
+            trace.answers = [None if isinstance(a, _Unsent) else a for a in answers]
         return orjson.dumps(out) if out else b""
 
     async def _batch_reads(
@@ -859,34 +864,46 @@ class Gateway:
         if self.tracer is not None:
             self._annotate_span(request_id, trace, method, response.status, reason)
         try:
-            self.sink.emit(
-                RequestRecord(
-                    ts=time.time() - latency,
-                    chain=trace.chain if trace.chain in self.chains else "-",
-                    method=method,
-                    methods=methods,
-                    calls=len(calls),
-                    status=response.status,
-                    reason=reason,
-                    key_id=record.id if record else None,
-                    org_id=record.org_id if record else None,
-                    project_id=record.project_id if record else None,
-                    client_ip=trace.client_ip,
-                    latency=latency,
-                    upstream=trace.upstream,
-                    upstream_latency=trace.upstream_latency,
-                    attempts=trace.attempts,
-                    bytes_in=len(request.body),
-                    bytes_out=len(response.body),
-                    rpc_errors=trace.rpc_errors,
-                    request_id=request_id,
-                    error_code=trace.error_code,
-                    call_results=trace.call_results,
-                    cache_hit=trace.cache == "HIT",
-                )
+            entry = RequestRecord(
+                ts=time.time() - latency,
+                chain=trace.chain if trace.chain in self.chains else "-",
+                method=method,
+                methods=methods,
+                calls=len(calls),
+                status=response.status,
+                reason=reason,
+                key_id=record.id if record else None,
+                org_id=record.org_id if record else None,
+                project_id=record.project_id if record else None,
+                client_ip=trace.client_ip,
+                latency=latency,
+                upstream=trace.upstream,
+                upstream_latency=trace.upstream_latency,
+                attempts=trace.attempts,
+                bytes_in=len(request.body),
+                bytes_out=len(response.body),
+                rpc_errors=trace.rpc_errors,
+                request_id=request_id,
+                error_code=trace.error_code,
+                call_results=trace.call_results,
+                cache_hit=trace.cache == "HIT",
             )
+            # Payload capture: the one test a key of a project without it pays.
+            if record is not None and record.capture_bytes is not None and calls:
+                self._capture(entry, record.capture_bytes, calls, trace, response)
+            self.sink.emit(entry)
         except Exception:  # telemetry must never break a request
             log.exception("telemetry sink failed")
+
+    @staticmethod
+    def _capture(
+        entry: RequestRecord, limit: int, calls: list[Call], trace: Trace, response: Response
+    ) -> None:
+        """The calls' params and answers, as excerpts, into the record (see ``payloads``)."""
+        try:
+            entry.excerpts = excerpts(calls, trace.answers, response.body, limit)
+        except Exception:  # the record itself (usage, billing) must still be written
+            log.exception("payload capture failed")
 
 
 _SUBSCRIPTION_METHODS = frozenset({"eth_subscribe", "eth_unsubscribe"})

@@ -14,13 +14,16 @@ __all__ = ["LOOKUP", "select_keys", "to_record"]
 
 
 def select_keys() -> Select[Any]:
-    """Every key column plus its org's name and plan and its project's name."""
+    """Every key column plus its org's name and plan and its project's name and payload
+    capture setting."""
     return (
         select(
             api_keys,
             orgs.c.name.label("org_name"),
             orgs.c.plan.label("org_plan"),
             projects.c.name.label("project_name"),
+            projects.c.capture_payloads,
+            projects.c.capture_bytes,
         )
         .join_from(api_keys, orgs, api_keys.c.org_id == orgs.c.id)
         .join(projects, api_keys.c.project_id == projects.c.id)
@@ -55,4 +58,5 @@ def to_record(row: RowMapping, default_plan: str) -> KeyRecord:
         expires_at=row["expires_at"],
         disabled=row["disabled"],
         revoked_at=row["revoked_at"],
+        capture_bytes=row["capture_bytes"] if row["capture_payloads"] else None,
     )

@@ -2,6 +2,10 @@
 
 Keys make their org and project on first use (``KeyService.create``); this is the direct way,
 and the way to read them. Every change is audited in its own transaction.
+
+A project's settings are its payload capture: whether the gateway keeps an excerpt of each
+call's params and answer for the request explorer (``hoodrun.gateway.payloads``), and how many
+bytes of each. Gateways learn it with the key (``KeyRecord.capture_bytes``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hoodrun.keys.errors import KeysError, UnknownOrg
@@ -19,7 +23,21 @@ from hoodrun.keys.options import check_label
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import api_keys, orgs, projects
 
-__all__ = ["Org", "OrgBook", "OrgExists", "Project"]
+__all__ = [
+    "CAPTURE_BYTES",
+    "MAX_CAPTURE_BYTES",
+    "MIN_CAPTURE_BYTES",
+    "InvalidProjectSettings",
+    "Org",
+    "OrgBook",
+    "OrgExists",
+    "Project",
+    "UnknownProject",
+]
+
+CAPTURE_BYTES = 2048  # a new project's, and the migration's for existing ones
+MIN_CAPTURE_BYTES = 64
+MAX_CAPTURE_BYTES = 16384
 
 
 class OrgExists(KeysError):
@@ -27,6 +45,19 @@ class OrgExists(KeysError):
 
     code = "name_taken"
     status = 409
+
+
+class UnknownProject(KeysError, LookupError):
+    """The org has no project with this id."""
+
+    code = "project_not_found"
+    status = 404
+
+
+class InvalidProjectSettings(KeysError):
+    """A project setting is out of range."""
+
+    code = "invalid_option"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +75,8 @@ class Project:
     org_id: str
     name: str
     created_at: datetime
+    capture_payloads: bool = False
+    capture_bytes: int = CAPTURE_BYTES
 
 
 class OrgBook:
@@ -129,3 +162,64 @@ class OrgBook:
         except IntegrityError:
             raise OrgExists(f"org {org_id} already has a project named {name!r}") from None
         return project
+
+    async def update_project(
+        self,
+        org_id: str,
+        project_id: str,
+        *,
+        capture_payloads: bool | None = None,
+        capture_bytes: int | None = None,
+        actor: str,
+    ) -> Project:
+        """Change a project's payload capture (``None``: leave as it is); audited with the
+        values before and after when anything changed.
+
+        The project's keys are touched (``updated_at``), so gateways polling for changed keys
+        read them again with the new setting; ``KeyService.announce_project`` tells the ones
+        on the key events bus at once.
+        """
+        if capture_bytes is not None and not (
+            MIN_CAPTURE_BYTES <= capture_bytes <= MAX_CAPTURE_BYTES
+        ):
+            raise InvalidProjectSettings(
+                f"capture_bytes must be between {MIN_CAPTURE_BYTES} and {MAX_CAPTURE_BYTES}, "
+                f"not {capture_bytes}"
+            )
+        wanted = {
+            name: value
+            for name, value in (
+                ("capture_payloads", capture_payloads),
+                ("capture_bytes", capture_bytes),
+            )
+            if value is not None
+        }
+        async with self._store.transaction() as conn:
+            stmt = select(projects).where(projects.c.id == project_id, projects.c.org_id == org_id)
+            row = (await conn.execute(stmt.with_for_update())).mappings().first()
+            if row is None:
+                raise UnknownProject(f"org {org_id!r} has no project {project_id!r}")
+            project = Project(**row)
+            changed = {name: value for name, value in wanted.items() if row[name] != value}
+            if not changed:  # already so: nothing to write or audit
+                return project
+            now = self._now()
+            await conn.execute(
+                update(projects).where(projects.c.id == project_id).values(**changed)
+            )
+            # The keys' records carry the setting: touching them makes pollers read them again.
+            await conn.execute(
+                update(api_keys).where(api_keys.c.project_id == project_id).values(updated_at=now)
+            )
+            await write_audit(
+                conn,
+                at=now,
+                actor=actor,
+                action="project.update",
+                target_type="project",
+                target_id=project_id,
+                details={"org_id": org_id, **changed},
+                before={name: row[name] for name in changed},
+                after=changed,
+            )
+        return Project(**{**row, **changed})

@@ -15,6 +15,8 @@ class KeyRecord:
     ``chains``/``origins`` of ``None`` mean "any". ``methods_allow`` of ``None`` means the plan's
     rules alone apply; ``methods_deny`` adds to the plan's deny list. ``plan`` is the effective
     plan name (the key's own, else its org's, else the config's default plan).
+    ``capture_bytes`` is its project's payload capture: ``None`` when off, else how many bytes
+    of each call's params and answer the request explorer keeps.
     """
 
     id: str
@@ -36,6 +38,7 @@ class KeyRecord:
     expires_at: datetime | None
     disabled: bool
     revoked_at: datetime | None
+    capture_bytes: int | None = None
 
     def usable_at(self, now: datetime) -> str | None:
         """``None`` if the key may be used at ``now``, else the reason it may not."""

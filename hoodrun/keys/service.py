@@ -208,6 +208,14 @@ class KeyService:
         await self._announce([row.hash for row in rows])
         return [row.id for row in rows]
 
+    async def announce_project(self, project_id: str) -> None:
+        """Announce every key of a project, so gateways read them again: after a change of
+        what their records carry from the project (``OrgBook.update_project``)."""
+        stmt = select(api_keys.c.hash).where(api_keys.c.project_id == project_id)
+        async with self._store.connect() as conn:
+            hashes = list((await conn.execute(stmt)).scalars())
+        await self._announce(hashes)
+
     async def org_plan(self, org_id: str) -> str | None:
         """The org's own plan (None: the default plan); ``UnknownOrg`` (a ``LookupError``) when
         no org has this id."""

@@ -23,6 +23,8 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
+    text,
 )
 
 from hoodrun.metering.money import ExactDecimal
@@ -89,6 +91,9 @@ projects = Table(
     Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
     Column("name", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Payload capture (the request explorer): params and answers kept, cut at capture_bytes.
+    Column("capture_payloads", Boolean, nullable=False, server_default=false()),
+    Column("capture_bytes", Integer, nullable=False, server_default=text("2048")),
     UniqueConstraint("org_id", "name"),
 )
 

@@ -48,7 +48,7 @@ from nats.js.api import (
 
 from hoodrun.telemetry.pipeline import hours_of
 from hoodrun.telemetry.rollup import Rollups
-from hoodrun.telemetry.rows import SCHEMA
+from hoodrun.telemetry.rows import conform
 from hoodrun.telemetry.store import AnalyticsStore
 
 __all__ = [
@@ -192,14 +192,15 @@ def _message_id(table: pa.Table) -> str:
 
 
 def decode(payload: bytes) -> pa.Table:
-    """The rows of one message; raises ``ValueError`` if they are not ``requests_raw`` rows."""
+    """The rows of one message; raises ``ValueError`` if they are not ``requests_raw`` rows.
+
+    Rows from a gateway of an earlier release (a rolling upgrade) gain the columns added since
+    (``conform``)."""
     try:
         table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
     except pa.ArrowException as exc:
         raise ValueError(f"not an Arrow IPC stream: {exc}") from exc
-    if not table.schema.equals(SCHEMA):
-        raise ValueError(f"unexpected columns: {table.schema.names}")
-    return table
+    return conform(table)
 
 
 # --- connections -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hoodrun.telemetry.rollup import Rollups
-from hoodrun.telemetry.rows import ColumnBuffer, RowBuilder, flatten
+from hoodrun.telemetry.rows import ColumnBuffer, RowBuilder, conform, flatten
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.spool import Spool
 from hoodrun.telemetry.store import AnalyticsStore
@@ -140,7 +140,7 @@ class TelemetryWriter:
         if waiting >= self.queue_size:
             self.stats.dropped += max(record.calls, 1)
             return
-        if record.calls <= 1 and record.call_results is None:
+        if record.calls <= 1 and record.call_results is None and record.excerpts is None:
             self._columns.add(record)
         else:
             self._batches.append(flatten(record))
@@ -212,6 +212,10 @@ class TelemetryWriter:
     async def _drain(self) -> None:
         while (path := self.spool.oldest()) is not None:
             table = await asyncio.to_thread(self.spool.read, path)
+            # A batch an older version spooled lacks the columns added since (other columns:
+            # the write refuses them, as before).
+            with contextlib.suppress(ValueError):
+                table = conform(table)
             try:
                 await self.target.write(table)
             except Exception as exc:  # noqa: BLE001

@@ -3,8 +3,9 @@
 This runs in the telemetry writer, off the request's time. A batch becomes one row per call with
 the batch's request id and the call's index; whole-request figures (latency, upstream, attempts)
 repeat on every row of a batch, and the bytes of the HTTP exchange go on its first row so sums stay
-exact. Columns are built column by column into an Arrow table: the fastest way into ClickHouse
-(chDB's ``Python(table)``, clickhouse-connect's Arrow insert).
+exact; payload excerpts (projects that capture them) are per call, '' on other rows. Columns are
+built column by column into an Arrow table: the fastest way into ClickHouse (chDB's
+``Python(table)``, clickhouse-connect's Arrow insert).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.units import NOTIFICATION, ComputeUnits
 
-__all__ = ["FLAT_FIELDS", "SCHEMA", "ColumnBuffer", "RowBuilder", "flatten"]
+__all__ = ["FLAT_FIELDS", "SCHEMA", "ColumnBuffer", "RowBuilder", "conform", "flatten"]
 
 _INT32_MIN, _INT32_MAX, _UINT32_MAX = -(2**31), 2**31 - 1, 2**32 - 1
 
@@ -51,28 +52,50 @@ SCHEMA = pa.schema(
         ("bytes_out", pa.uint32()),
         ("compute_units", pa.uint32()),
         ("client_ip", pa.string()),
+        # Payload capture: JSON text, cut and redacted by the gateway; '' when not captured.
+        ("params_excerpt", pa.string()),
+        ("response_excerpt", pa.string()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+# Columns added after the first release, with what rows written before them hold: a batch in
+# an older layout (a spool file, a NATS message from a gateway not yet upgraded) gains them.
+_ADDED = {"params_excerpt": "", "response_excerpt": ""}
+_FIRST = pa.schema([field for field in SCHEMA if field.name not in _ADDED])
 # A record as the writer's queue holds it: a flat tuple of plain values. The collector stops
 # tracking such tuples after one look, so a queue of 100,000 of them costs the garbage collector
 # nothing, where as many record objects were re-scanned by every full collection.
 FLAT_FIELDS = (
     "ts", "request_id", "org_id", "project_id", "key_id", "chain", "method", "reason",
     "error_code", "status", "latency", "upstream_latency", "upstream", "attempts", "cache_hit",
-    "bytes_in", "bytes_out", "client_ip", "calls", "methods", "call_results",
+    "bytes_in", "bytes_out", "client_ip", "calls", "methods", "call_results", "excerpts",
 )  # fmt: skip
-_ONE_CALL = len(FLAT_FIELDS) - 2  # a single call's tuple stops before the per-call tuples
+_ONE_CALL = len(FLAT_FIELDS) - 3  # a single call's tuple stops before the per-call tuples
 _flat_one = attrgetter(*FLAT_FIELDS[:_ONE_CALL])
 _flat_all = attrgetter(*FLAT_FIELDS)
 
 
 def flatten(record: RequestRecord) -> tuple[Any, ...]:
-    """The record as a tuple of plain values. A single call's leaves out ``methods`` and
-    ``call_results``, so the tuple holds no tuple and the collector untracks it at once."""
-    if record.calls <= 1 and record.call_results is None:
+    """The record as a tuple of plain values. A single call's leaves out ``methods``,
+    ``call_results`` and ``excerpts``, so the tuple holds no tuple and the collector untracks it
+    at once; a captured call's keeps them (split into rows like a batch's)."""
+    if record.calls <= 1 and record.call_results is None and record.excerpts is None:
         return _flat_one(record)
     return _flat_all(record)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` with ``SCHEMA``'s columns: as it is, or from the first release's layout with
+    the columns added since (their defaults). ``ValueError`` for any other columns."""
+    if table.schema.equals(SCHEMA):
+        return table
+    if not table.schema.equals(_FIRST):
+        raise ValueError(f"unexpected columns: {table.schema.names}")
+    for name, value in _ADDED.items():
+        table = table.append_column(
+            SCHEMA.field(name), pa.array([value] * table.num_rows, SCHEMA.field(name).type)
+        )
+    return table
 
 
 # A queued single call's numbers, packed (native order, no padding): ts, latency and upstream
@@ -108,7 +131,8 @@ class ColumnBuffer:
         return len(self.request_id)
 
     def add(self, r: RequestRecord) -> None:
-        """Append a record of a single call (``calls`` <= 1, no ``call_results``)."""
+        """Append a record of a single call (``calls`` <= 1, no ``call_results``, no
+        ``excerpts``)."""
         key = (r.org_id, r.project_id, r.key_id, r.chain, r.method, r.reason, r.upstream)
         combos = self.combos
         combo = combos.get(key)
@@ -156,20 +180,27 @@ class RowBuilder:
     def table_of_flat(self, rows: list[tuple[Any, ...]]) -> pa.Table:
         """The table of records already flattened (``flatten``), as the writer queues them.
 
-        A batch is first split into one flat row per call (its own method and outcome; the
-        HTTP exchange's bytes on its first call, so sums stay exact); then every row goes
-        through the same column-wise build."""
+        A batch (or a captured call) is first split into one flat row per call (its own method,
+        outcome and excerpts; the HTTP exchange's bytes on its first call, so sums stay exact);
+        then every row goes through the same column-wise build."""
         calls: list[tuple[Any, ...]] = []
         index: list[int] = []
         sizes: list[int] = []
+        captured: tuple[list[str], list[str]] = ([], [])
         for r in rows:
             if len(r) > _ONE_CALL:
-                _split(r, calls, index, sizes)
+                _split(r, calls, index, sizes, captured)
         if not calls:
             return self._columns(rows)
         plain = [r for r in rows if len(r) == _ONE_CALL]
         zeros = [0] * len(plain)
-        return self._columns(plain + calls, zeros + index, [1] * len(plain) + sizes)
+        none = [""] * len(plain)
+        return self._columns(
+            plain + calls,
+            zeros + index,
+            [1] * len(plain) + sizes,
+            (none + captured[0], none + captured[1]),
+        )
 
     def table_of_columns(self, buffer: ColumnBuffer) -> pa.Table:
         """The table of the single calls a ``ColumnBuffer`` collected: its numbers are read
@@ -211,6 +242,7 @@ class RowBuilder:
             client_ip=self._addresses(ip_values).take(column("ip")),
             call_index=None,
             batch_size=None,
+            excerpts=None,
         )
 
     def _columns(
@@ -218,9 +250,11 @@ class RowBuilder:
         records: list[tuple[Any, ...]],
         call_index: list[int] | None = None,
         batch_size: list[int] | None = None,
+        excerpts: tuple[list[str], list[str]] | None = None,
     ) -> pa.Table:
-        """Rows of one call each (``call_index`` and ``batch_size`` for calls of batches), built
-        column by column in C where it can: Python touches each value once (the transposition);
+        """Rows of one call each (``call_index`` and ``batch_size`` for calls of batches,
+        ``excerpts`` the params and answers of every row when some were captured), built column
+        by column in C where it can: Python touches each value once (the transposition);
         outcomes are computed by Arrow, units and addresses once per distinct value."""
         n = len(records)
         if n == 0:
@@ -250,6 +284,7 @@ class RowBuilder:
             client_ip=self._addresses(pa.array(client_ip, pa.string())),
             call_index=call_index,
             batch_size=batch_size,
+            excerpts=excerpts,
         )
 
     def _assemble(
@@ -276,6 +311,7 @@ class RowBuilder:
         upstream: pa.Array,
         call_index: list[int] | None,
         batch_size: list[int] | None,
+        excerpts: tuple[list[str], list[str]] | None,
     ) -> pa.Table:
         """The table's columns from the records' fields as Arrow arrays (times in seconds)."""
         # JSON-RPC codes are any integer a node sends: ones outside Int32 count as -32603.
@@ -333,6 +369,12 @@ class RowBuilder:
             "compute_units": units.cast(pa.uint32()),
             "client_ip": client_ip,
         }
+        if excerpts is None:
+            empty = pa.repeat(pa.scalar("", pa.string()), n)
+            columns["params_excerpt"] = columns["response_excerpt"] = empty
+        else:
+            columns["params_excerpt"] = pa.array(excerpts[0], pa.string())
+            columns["response_excerpt"] = pa.array(excerpts[1], pa.string())
         return pa.Table.from_pydict(columns, schema=SCHEMA)
 
     def _addresses(self, ips: pa.Array) -> pa.Array:
@@ -347,14 +389,27 @@ class RowBuilder:
 
 
 def _split(
-    r: tuple[Any, ...], calls: list[tuple[Any, ...]], index: list[int], sizes: list[int]
+    r: tuple[Any, ...],
+    calls: list[tuple[Any, ...]],
+    index: list[int],
+    sizes: list[int],
+    captured: tuple[list[str], list[str]],
 ) -> None:
-    """One flat row per call of the batch ``r`` (the fields ``_single`` reads)."""
+    """One flat row per call of the batch ``r`` (the fields ``_columns`` reads), and each
+    call's params and answer excerpts in ``captured`` ('' when not captured)."""
     (ts, request_id, org, project, key, chain, _, reason, code, status, latency, up_latency,
-     upstream, attempts, cache_hit, bytes_in, bytes_out, ip, n, methods, results) = r  # fmt: skip
+     upstream, attempts, cache_hit, bytes_in, bytes_out, ip, n, methods, results,
+     excerpts) = r  # fmt: skip
     count = max(n, 1)
     methods = methods or ("-",)
+    params, answers = captured
     for i in range(count):
+        if excerpts is not None and i < len(excerpts):
+            params.append(excerpts[i][0])
+            answers.append(excerpts[i][1])
+        else:
+            params.append("")
+            answers.append("")
         method = methods[i] if i < len(methods) else ""
         if reason is not None and results is None:  # refused as a whole
             why, call_code = reason, code

@@ -3,7 +3,10 @@ for chDB (embedded) and a ClickHouse server alike.
 
 - ``requests_raw``: one row per call. A ReplacingMergeTree keyed by (request id, call index) inside
   its sorting key, so a batch written twice (a replay after a store timeout, a NATS redelivery after
-  a worker crash) counts once: every read uses ``FINAL``.
+  a worker crash) counts once: every read uses ``FINAL``. ``params_excerpt`` and
+  ``response_excerpt`` hold payloads of projects that capture them ('' otherwise); the rollups
+  and usage never read them. Columns added since the first release come with an ``ALTER TABLE
+  ... ADD COLUMN IF NOT EXISTS`` for databases made before.
 - ``usage_hourly`` / ``usage_daily``: rollups rebuilt from ``requests_raw FINAL`` for each hour
   that received rows (``Rollups``), versioned ReplacingMergeTrees so a rebuild replaces the older
   rows of its groups. Sums are exact; latency percentiles are ClickHouse quantile states.
@@ -47,13 +50,24 @@ CREATE TABLE IF NOT EXISTS {db}.requests_raw (
     bytes_in UInt32,
     bytes_out UInt32,
     compute_units UInt32,
-    client_ip String
+    client_ip String,
+    params_excerpt String DEFAULT '',
+    response_excerpt String DEFAULT ''
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
 ORDER BY (org_id, chain, ts, request_id, call_index)
 TTL toDateTime(ts) + INTERVAL {raw_days} DAY DELETE
 """
+
+# Columns added to requests_raw after its first release, for databases made before them (after
+# client_ip, in this order: inserts give the columns by position).
+_RAW_ADDED = (
+    "ALTER TABLE {db}.requests_raw ADD COLUMN IF NOT EXISTS params_excerpt String DEFAULT ''"
+    " AFTER client_ip",
+    "ALTER TABLE {db}.requests_raw ADD COLUMN IF NOT EXISTS response_excerpt String DEFAULT ''"
+    " AFTER params_excerpt",
+)
 
 _ROLLUP = """
 CREATE TABLE IF NOT EXISTS {db}.{table} (
@@ -151,6 +165,7 @@ def ddl(db: str, retention: RetentionConfig) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
         _RAW.format(db=db, raw_days=int(retention.raw_days)),
+        *(statement.format(db=db) for statement in _RAW_ADDED),
         _ROLLUP.format(
             db=db,
             table="usage_hourly",

@@ -2,8 +2,9 @@
 
 The gateway builds one ``RequestRecord`` per HTTP request and calls ``sink.emit(record)``; emit
 must never block or raise (queue and drop with a counter when overloaded). The record carries the
-key's id, never the key. A batch stays one record on the hot path; the telemetry writer expands it
-into one row per call (``hoodrun.telemetry.rows``), off the request's time.
+key's id, never the key, and payloads only as redacted excerpts for projects that capture them.
+A batch stays one record on the hot path; the telemetry writer expands it into one row per call
+(``hoodrun.telemetry.rows``), off the request's time.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class RequestRecord:
     # notification); reason = the gateway's data.reason when it answered the call itself.
     call_results: tuple[tuple[int, str | None], ...] | None = None
     cache_hit: bool = False
+    # Payload capture (the project turned it on): one (params, answer) excerpt per call, JSON
+    # text cut and redacted by the gateway (hoodrun.gateway.payloads); None when off.
+    excerpts: tuple[tuple[str, str], ...] | None = None
 
 
 class TelemetrySink(Protocol):

@@ -22,6 +22,7 @@ from hoodrun.web.context import WebContext
 from hoodrun.web.forms import field as _field
 from hoodrun.web.portal_billing import billing_routes
 from hoodrun.web.portal_keys import key_routes
+from hoodrun.web.portal_logs import logs_routes
 from hoodrun.web.portal_usage import usage_routes
 from hoodrun.web.portal_webhooks import webhook_routes
 from hoodrun.web.render import render
@@ -226,6 +227,7 @@ def portal_router(ctx: WebContext) -> APIRouter:
 
     key_routes(router, ctx, auth)
     usage_routes(router, ctx, auth)
+    logs_routes(router, ctx, auth)
     billing_routes(router, ctx, auth)
     webhook_routes(router, ctx, auth)
     router.include_router(assets_router(ctx.config.web.assets_dir, ""))

@@ -139,6 +139,13 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
         ORG_ADMIN,
         lambda i: (f"/admin/v1/orgs/{i['org']}/projects", {"name": f"p-{i['n']}"}),
     ),
+    ("PATCH", "/admin/v1/orgs/{org}/projects/{project_id}"): (
+        ORG_ADMIN,
+        lambda i: (
+            f"/admin/v1/orgs/{i['org']}/projects/{i['project']}",
+            {"capture_payloads": i["n"] != "", "capture_bytes": 1000 + int(i["n"] or 0)},
+        ),
+    ),
     ("GET", "/admin/v1/orgs/{org}/members"): (
         ORG_READ,
         lambda i: (f"/admin/v1/orgs/{i['org']}/members", None),
@@ -303,6 +310,32 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
         PLATFORM_READ,
         lambda i: ("/api/v1/meters/requests/subjects", None),
     ),
+    # the fleet, upstreams, service levels, the job queue (operators)
+    ("GET", "/admin/v1/fleet"): (PLATFORM_READ, lambda i: ("/admin/v1/fleet", None)),
+    ("GET", "/admin/v1/chains"): (PLATFORM_READ, lambda i: ("/admin/v1/chains", None)),
+    ("POST", "/admin/v1/chains/{chain}/upstreams/{upstream}/cordon"): (
+        "p:ops p:admin",
+        lambda i: ("/admin/v1/chains/eth/upstreams/node-a/cordon", {"reason": f"r{i['n']}"}),
+    ),
+    ("POST", "/admin/v1/chains/{chain}/upstreams/{upstream}/uncordon"): (
+        "p:ops p:admin",
+        lambda i: ("/admin/v1/chains/eth/upstreams/node-a/uncordon", None),
+    ),
+    ("GET", "/admin/v1/slo"): (PLATFORM_READ, lambda i: ("/admin/v1/slo", None)),
+    ("GET", "/admin/v1/jobs"): (PLATFORM_READ, lambda i: ("/admin/v1/jobs", None)),
+    ("GET", "/admin/v1/jobs/stats"): (PLATFORM_READ, lambda i: ("/admin/v1/jobs/stats", None)),
+    ("GET", "/admin/v1/jobs/{job_id}"): (
+        PLATFORM_READ,
+        lambda i: (f"/admin/v1/jobs/{i['job']}", None),
+    ),
+    ("POST", "/admin/v1/jobs/{job_id}/retry"): (
+        "p:ops p:admin",
+        lambda i: (f"/admin/v1/jobs/{i['job']}/retry", None),
+    ),
+    ("POST", "/admin/v1/jobs/{job_id}/cancel"): (
+        "p:ops p:admin",
+        lambda i: (f"/admin/v1/jobs/{i['job']}/cancel", None),
+    ),
 }
 
 # Routes with their own callers: public, or checked by other means (a project's API key, the
@@ -326,6 +359,7 @@ async def world(store: Store, analytics_store: Any) -> AsyncIterator[World]:
     ledger = Ledger(store, clock=clock)
     invoices = InvoiceBook(store, CONFIG, clock=clock, ledger=ledger)
     webhooks = WebhookBook(store)
+    queue = JobQueue(store, clock=clock)
     app = create_api_app(
         CONFIG,
         keys,
@@ -340,7 +374,7 @@ async def world(store: Store, analytics_store: Any) -> AsyncIterator[World]:
             units=compute_units(CONFIG),
         ),
         accounts=(ContractBook(store, CONFIG), CreditBook(store)),
-        billing=(invoices, JobQueue(store, clock=clock)),
+        billing=(invoices, queue),
         webhooks=webhooks,
         identity=identity,
     )
@@ -348,6 +382,7 @@ async def world(store: Store, analytics_store: Any) -> AsyncIterator[World]:
     created = await keys.create(org="acme", project="web", actor="test")
     ids["org"] = org = created.record.org_id
     ids["key"] = created.id
+    ids["project"] = created.record.project_id
     other = await keys.create(org="other", project="web", actor="test")
     tokens: dict[str, str] = {}
     for caller in CALLERS[1:]:
@@ -375,6 +410,7 @@ async def world(store: Store, analytics_store: Any) -> AsyncIterator[World]:
         await webhooks.emit(conn, "key.created", org, {"key_id": created.id})
     delivery = (await webhooks.deliveries(endpoint.id))[0]
     ids["delivery"] = delivery.id
+    ids["job"] = (await queue.enqueue("report-generate", {"period": "2026-11"}, actor="test")).id
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4711))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
         yield World(http, store, tokens, ids)

@@ -114,4 +114,11 @@ def cli_records(project: str, org: str) -> list[RequestRecord]:
             **mine,
         ),
         record(at(1, 10, 7), "reqb", project_id="prj_b", org_id="org_b", key_id="key_b"),
+        record(at(1, 10, 8), "req4", excerpts=CAPTURED, **mine),
     ]
+
+
+# A captured call (its project captures payloads): params and answer as the gateway keeps them.
+CAPTURED = (
+    ('[{"to":"0x00000000000000000000000000000000000000aa"},"latest"]', '{"result":"0x2a"}'),
+)

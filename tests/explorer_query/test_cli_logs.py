@@ -19,7 +19,7 @@ from hoodrun.config import Config
 from hoodrun.explorer.query import iso
 from hoodrun.keys.service import KeyService
 from hoodrun.store import Store
-from tests.explorer_query.support import at
+from tests.explorer_query.support import CAPTURED, at
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = ("--from", iso(at(1)), "--to", iso(at(2)))
@@ -124,7 +124,7 @@ def test_top_rate_and_volume(setup: Setup) -> None:
 def test_requests(setup: Setup) -> None:
     found = as_json(logs(setup, "requests", "--project", setup.project, *DAY, "--json"))
     assert [(r["request_id"], r["call_index"]) for r in found["rows"]] == [
-        ("req3", 1), ("req3", 0), ("req2", 0), ("req1", 0),
+        ("req4", 0), ("req3", 1), ("req3", 0), ("req2", 0), ("req1", 0),
     ]  # fmt: skip
     slow = logs(setup, "requests", "--project", setup.project, *DAY, "--latency-above", "100",
                 "--json")  # fmt: skip
@@ -132,7 +132,15 @@ def test_requests(setup: Setup) -> None:
     detail = logs(setup, "requests", "--project", setup.project, "req3")
     assert detail.returncode == 0, detail.stderr
     assert "eth_getBalance" in detail.stdout and "-32602" in detail.stdout
-    assert "Payloads (params and answers) are not recorded." in detail.stdout
+    assert "payload capture is off for this project" in detail.stdout
+    captured = logs(setup, "requests", "--project", setup.project, "req4")
+    assert captured.returncode == 0, captured.stderr
+    params, answer = CAPTURED[0]
+    assert f"params:   {params}" in captured.stdout
+    assert f"response: {answer}" in captured.stdout
+    as_dict = as_json(logs(setup, "requests", "--project", setup.project, "req4", "--json"))
+    assert as_dict["payloads_captured"] is True
+    assert as_dict["calls"][0]["params_excerpt"] == params
     other = logs(setup, "requests", "--project", setup.project, "reqb")
     assert other.returncode == 1 and "no request 'reqb' in this project" in other.stderr
 

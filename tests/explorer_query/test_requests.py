@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hoodrun.explorer.query import encode_cursor, iso
-from hoodrun.explorer.requests import RequestExplorer
+from hoodrun.explorer.requests import CAPTURE_OFF, RequestExplorer
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.store import ChdbStore
 from tests.explorer_query.support import at, insert_records, record
@@ -170,6 +170,8 @@ async def test_a_requests_detail_has_every_call(explorer: RequestExplorer) -> No
         "bytes_out": 900,
         "compute_units": units,
         "client_ip": found["client_ip"],
+        "payloads_captured": False,
+        "payloads_note": CAPTURE_OFF,
     }
     assert [
         (c["call_index"], c["method"], c["outcome"], c["error_code"]) for c in found["calls"]
@@ -178,7 +180,8 @@ async def test_a_requests_detail_has_every_call(explorer: RequestExplorer) -> No
         (1, "eth_getBalance", "rpc_error", -32602),
         (2, "eth_chainId", "ok", 0),
     ]
-    assert "params" not in found and all("response" not in c for c in found["calls"])
+    # Without payload capture: no params, no answers.
+    assert all(c["params_excerpt"] is c["response_excerpt"] is None for c in found["calls"])
     assert await explorer.detail(A, "r5", org="org_a", start=at(1, 10), end=at(1, 11)) == found
     assert await explorer.detail(A, "r5", start=at(1, 11), end=at(1, 12)) is None
     assert await explorer.detail(A, "nope") is None
@@ -193,3 +196,34 @@ async def test_a_batch_written_twice_counts_once(
     assert await calls(explorer) == ["r5#2", "r5#1", "r5#0", "r4#0", "r3#0", "r2#0", "r1#0"]
     found = await explorer.detail(A, "r5")
     assert found is not None and len(found["calls"]) == 3 and found["bytes_in"] == 300
+
+
+async def test_a_captured_requests_detail_has_its_payloads(analytics: ChdbStore) -> None:
+    params, answer = '[{"to":"0xaa"},"latest"]', '{"jsonrpc":"2.0","id":2,"result":"0x"}'
+    await insert_records(
+        analytics,
+        [
+            record(
+                at(1, 10),
+                "cap",
+                "batch",
+                **{**BATCH, "excerpts": (("[]", '{"result":"0x1"}'), (params, answer), ("[]", ""))},
+            ),
+            # The same request id in another project: never mixed in.
+            record(at(1, 10), "cap", project_id="prj_b", org_id="org_b", excerpts=(("x", "y"),)),
+        ],
+    )
+    explorer = RequestExplorer(analytics)
+    found = await explorer.detail(A, "cap")
+    assert found is not None
+    assert (found["payloads_captured"], found["payloads_note"]) == (True, None)
+    assert [(c["params_excerpt"], c["response_excerpt"]) for c in found["calls"]] == [
+        ("[]", '{"result":"0x1"}'),
+        (params, answer),
+        ("[]", ""),  # captured, and nothing was sent back
+    ]
+    # Searches do not carry payloads.
+    rows = (await explorer.search(A, **DAY))["rows"]
+    assert rows and not any("excerpt" in name for row in rows for name in row)
+    other = await explorer.detail("prj_b", "cap")
+    assert other is not None and [c["params_excerpt"] for c in other["calls"]] == ["x"]

@@ -1,7 +1,8 @@
 """The control plane: users, their org memberships and roles, sessions (refresh tokens),
 emailed tokens, failed logins for the throttle, notification preferences and sent notices,
 cordoned upstreams, the fleet's service instances; the audit log gains the client's address
-and the object before and after each change.
+and the object before and after each change; projects gain their payload capture setting (off,
+2,048 bytes, for the projects that exist).
 
 Revision ID: 0006
 Revises: 0005
@@ -31,6 +32,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("ip", sa.String(64), nullable=True))
         batch.add_column(sa.Column("before", JSON, nullable=True))
         batch.add_column(sa.Column("after", JSON, nullable=True))
+    with op.batch_alter_table("projects") as batch:
+        batch.add_column(
+            sa.Column("capture_payloads", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+        batch.add_column(
+            sa.Column("capture_bytes", sa.Integer(), nullable=False, server_default=sa.text("2048"))
+        )
     op.create_table(
         "users",
         sa.Column("id", sa.String(32), nullable=False),
@@ -162,6 +170,9 @@ def downgrade() -> None:
         "users",
     ):
         op.drop_table(table)
+    with op.batch_alter_table("projects") as batch:
+        batch.drop_column("capture_bytes")
+        batch.drop_column("capture_payloads")
     with op.batch_alter_table("audit_log") as batch:
         batch.drop_column("after")
         batch.drop_column("before")
