@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from hoodrun.config import Config, PlanConfig, parse_listen
 from hoodrun.keys.errors import KeyNotFound, KeysError
+from hoodrun.keys.orgs import InvalidProjectSettings, OrgBook, UnknownProject
 from hoodrun.keys.record import KeyRecord
 from hoodrun.keys.service import CreatedKey
 from hoodrun.metering.entitlements import month_bounds
@@ -171,6 +172,7 @@ def key_routes(router: APIRouter, ctx: WebContext, auth: PortalAuth) -> None:
     read = Depends(auth.require("keys:read", "see keys"))
     write = Depends(auth.require("keys:write", "create, rotate or revoke keys"))
     projects_read = Depends(auth.require("org:read", "see projects"))
+    org_write = Depends(auth.require("org:write", "change a project's settings"))
 
     async def table(viewer: Viewer) -> dict[str, Any]:
         usage = await _Usage.read(ctx, viewer.org_id)
@@ -297,12 +299,20 @@ def key_routes(router: APIRouter, ctx: WebContext, auth: PortalAuth) -> None:
         )
 
     @router.get("/projects")
-    async def list_projects(
-        request: Request,
-        viewer: Viewer = projects_read,
+    async def list_projects(request: Request, viewer: Viewer = projects_read) -> Response:
+        return await projects_page(request, viewer)
+
+    async def projects_page(
+        request: Request, viewer: Viewer, error: str | None = None, status: int = 200
     ) -> Response:
         stmt = (
-            select(projects.c.id, projects.c.name, projects.c.created_at)
+            select(
+                projects.c.id,
+                projects.c.name,
+                projects.c.created_at,
+                projects.c.capture_payloads,
+                projects.c.capture_bytes,
+            )
             .where(projects.c.org_id == viewer.org_id)
             .order_by(projects.c.name)
         )
@@ -325,9 +335,42 @@ def key_routes(router: APIRouter, ctx: WebContext, auth: PortalAuth) -> None:
                     "active": sum(1 for r in mine if r.status_at(now) == "active"),
                     "keys": len(mine),
                     "requests": requests,
+                    "capture": bool(row.capture_payloads),
+                    "capture_bytes": row.capture_bytes,
                 }
             )
-        return render(request, "portal/projects.html", projects=items, usage_error=usage.error)
+        return render(
+            request,
+            "portal/projects.html",
+            projects=items,
+            usage_error=usage.error,
+            error=error,
+            status=status,
+        )
+
+    @router.post("/projects/{project_id}/capture")
+    async def set_capture(
+        request: Request, project_id: str, viewer: Viewer = org_write
+    ) -> Response:
+        """Turn payload capture of a project on or off (its params and answers in the request
+        explorer, cut at the size chosen; docs/logs.md)."""
+        form = await request.form()
+        on = field(form, "capture_payloads") == "on"
+        size = field(form, "capture_bytes") or "2048"
+        try:
+            if not size.isdigit():
+                raise InvalidProjectSettings("capture_bytes: a number of bytes, 64 to 16384")
+            await OrgBook(ctx.store).update_project(
+                viewer.org_id,
+                project_id,
+                capture_payloads=on,
+                capture_bytes=int(size),
+                actor=viewer.actor,
+            )
+        except (UnknownProject, InvalidProjectSettings) as exc:
+            return await projects_page(request, viewer, error=exc.message, status=exc.status)
+        await keys.announce_project(project_id)
+        return RedirectResponse("/portal/projects", status_code=303)
 
     @router.get("/endpoints")
     async def endpoints(request: Request, viewer: Viewer = read) -> Response:

@@ -246,3 +246,45 @@ async def test_pages_say_so_when_the_usage_reports_are_down(portal: Portal) -> N
         "/portal/billing/preview", data={"csrf": token, "plan": "starter"}, headers=HTMX
     )
     assert preview.status_code == 503 and "usage reports" in preview.text
+
+
+async def test_payload_capture_is_set_per_project(portal: Portal) -> None:
+    ada = portal.client()
+    await portal.sign_up(ada, "ada@example.com")
+    org_id = org_of(portal, ada)
+    token = csrf_of(await ada.get("/portal/keys"))
+    await ada.post("/portal/keys", data={"csrf": token, "name": "k", "project": "web"})
+    record = (await portal.ctx.keys.list(org=org_id))[0]
+    assert record.capture_bytes is None  # off by default
+    page = await ada.get("/portal/projects")
+    assert f'id="capture-{record.project_id}"' in page.text
+    saved = await ada.post(
+        f"/portal/projects/{record.project_id}/capture",
+        data={"csrf": token, "capture_payloads": "on", "capture_bytes": "512"},
+    )
+    assert saved.status_code == 303
+    assert (await portal.ctx.keys.get(record.id)).capture_bytes == 512
+    bad = await ada.post(
+        f"/portal/projects/{record.project_id}/capture",
+        data={"csrf": token, "capture_payloads": "on", "capture_bytes": "9"},
+    )
+    assert bad.status_code == 400 and "capture_bytes" in bad.text
+    # Without the form's token nothing changes; another org's project is not found.
+    forged = await ada.post(
+        f"/portal/projects/{record.project_id}/capture", data={"capture_bytes": "2048"}
+    )
+    assert forged.status_code == 403
+    bob = portal.client()
+    await portal.sign_up(bob, "bob@example.com")
+    bob_token = csrf_of(await bob.get("/portal/keys"))
+    other = await bob.post(
+        f"/portal/projects/{record.project_id}/capture",
+        data={"csrf": bob_token, "capture_payloads": "on"},
+    )
+    assert other.status_code == 404
+    off = await ada.post(
+        f"/portal/projects/{record.project_id}/capture",
+        data={"csrf": token, "capture_bytes": "512"},
+    )
+    assert off.status_code == 303
+    assert (await portal.ctx.keys.get(record.id)).capture_bytes is None
