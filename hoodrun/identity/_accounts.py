@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import re
-import secrets
-from datetime import datetime
-
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hoodrun.identity import _queries as q
 from hoodrun.identity import messages
@@ -24,12 +19,12 @@ from hoodrun.identity._core import (
     public_fields,
     user_actor,
 )
-from hoodrun.identity.errors import BadCredentials, InvalidInput, OrgNameTaken, SignupClosed
+from hoodrun.identity.errors import BadCredentials, InvalidInput, SignupClosed
 from hoodrun.identity.passwords import MAX_PASSWORD_LENGTH
 from hoodrun.identity.records import User
 from hoodrun.identity.tokens import new_token
-from hoodrun.store import new_id, write_audit
-from hoodrun.store.tables import email_tokens, orgs, users
+from hoodrun.store import write_audit
+from hoodrun.store.tables import email_tokens, users
 
 __all__ = ["Accounts"]
 
@@ -280,24 +275,3 @@ class Accounts(Core):
                 target_type="user", target_id=user_id, details={"sessions_ended": ended},
                 before=public_fields(row), after=public_fields(await q.user_row(conn, user_id)),
             )  # fmt: skip
-
-    async def _create_org(
-        self, conn: AsyncConnection, wanted: str | None, email: str, *, now: datetime, actor: str
-    ) -> str:
-        """A new org named ``wanted`` (``OrgNameTaken``), else after the address's local part
-        (with a random suffix while that is taken)."""
-        base = re.sub(r"[^a-z0-9-]+", "-", email.split("@", 1)[0]).strip("-")[:40] or "org"
-        candidates = [wanted] if wanted is not None else [base]
-        if wanted is None:
-            candidates += [f"{base}-{secrets.token_hex(3)}" for _ in range(5)]
-        for name in candidates:
-            org_id = new_id("org")
-            stmt = self._store.insert(orgs).values(id=org_id, name=name, plan=None, created_at=now)
-            inserted = await conn.execute(stmt.on_conflict_do_nothing(index_elements=[orgs.c.name]))
-            if inserted.rowcount == 1:
-                await write_audit(
-                    conn, at=now, actor=actor, action="org.create", target_type="org",
-                    target_id=org_id, details={"name": name}, after={"name": name},
-                )  # fmt: skip
-                return org_id
-        raise OrgNameTaken(f"an org named {candidates[0]!r} exists; choose another name")

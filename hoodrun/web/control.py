@@ -50,6 +50,7 @@ from hoodrun.web.control_data import (
     reconciliation,
 )
 from hoodrun.web.render import render
+from hoodrun.web.session import CSRF_COOKIE, csrf_given, is_htmx
 
 if TYPE_CHECKING:
     from hoodrun.identity import Claims
@@ -60,9 +61,6 @@ __all__ = ["CSRF_COOKIE", "PREFIX", "Operator", "control_router"]
 PREFIX: Final = "/control"
 LOGIN: Final = "/portal/login"
 SESSION_COOKIE: Final = "hoodrun_session"
-CSRF_COOKIE: Final = "hoodrun_csrf"
-CSRF_FIELD: Final = "csrf"
-CSRF_HEADER: Final = "x-csrf-token"
 REFRESH_SECONDS: Final = 5
 WINDOWS: Final = ("15m", "1h", "6h", "24h", "7d", "30d")
 # (path, label, permission) of the navigation, in order.
@@ -182,21 +180,6 @@ class ControlAuth:
 # --- route class: CSRF, cookie, errors as pages ---------------------------------------------------
 
 
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
-
-
-async def _csrf_given(request: Request) -> str:
-    header = request.headers.get(CSRF_HEADER)
-    if header:
-        return header
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        value = (await request.form()).get(CSRF_FIELD)
-        return value if isinstance(value, str) else ""
-    return ""
-
-
 def _route_class(*, secure_cookies: bool) -> type[APIRoute]:
     class ControlRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -208,7 +191,7 @@ def _route_class(*, secure_cookies: bool) -> type[APIRoute]:
                 request.state.csrf = cookie or fresh
                 try:
                     if request.method == "POST":
-                        given = await _csrf_given(request)
+                        given = await csrf_given(request)
                         if not cookie or not hmac.compare_digest(given.encode(), cookie.encode()):
                             raise NotAllowed(
                                 "This form expired or came from another site (its security "
@@ -245,11 +228,11 @@ def _error_page(request: Request, exc: ControlError) -> Response:
         if request.method != "GET" or not target.startswith(PREFIX):
             target = PREFIX
         login = f"{LOGIN}?next={quote(target, safe='/')}"
-        if _is_htmx(request):
+        if is_htmx(request):
             return Response(status_code=401, headers={"HX-Redirect": login})
         return RedirectResponse(login, status_code=303)
     operator = getattr(request.state, "operator", None)
-    if _is_htmx(request):
+    if is_htmx(request):
         return render(request, "control/_error.html", status=exc.status, error=exc)
     return render(
         request, "control/error.html", status=exc.status, error=exc, **_chrome(operator, "")
@@ -457,12 +440,12 @@ def control_router(ctx: WebContext) -> APIRouter:
                 await cordons.uncordon(chain, upstream, operator.actor)
                 notice = f"{chain} / {upstream} is back in rotation."
         except CordonError as exc:
-            if not _is_htmx(request):
+            if not is_htmx(request):
                 raise BadRequest(exc.message) from None
             return await upstreams_page(
                 request, operator, True, status=exc.status, error=exc.message
             )
-        if not _is_htmx(request):
+        if not is_htmx(request):
             return RedirectResponse(f"{PREFIX}/upstreams", status_code=303)
         return await upstreams_page(request, operator, True, notice=notice)
 
@@ -538,10 +521,10 @@ def control_router(ctx: WebContext) -> APIRouter:
         except JobNotFound:
             raise NotFound(f"There is no job {job_id}.") from None
         except JobStateError as exc:
-            if not _is_htmx(request):
+            if not is_htmx(request):
                 raise BadRequest(str(exc)) from None
             return await jobs_page(request, operator, True, status=409, error=str(exc))
-        if not _is_htmx(request):
+        if not is_htmx(request):
             return RedirectResponse(f"{PREFIX}/jobs", status_code=303)
         return await jobs_page(
             request, operator, True, notice=f"Job {job.id} ({job.kind}) is queued again."

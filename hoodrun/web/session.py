@@ -61,6 +61,7 @@ __all__ = [
     "Unavailable",
     "Viewer",
     "client_ip",
+    "csrf_given",
     "is_htmx",
     "portal_route_class",
     "safe_next",
@@ -342,7 +343,8 @@ def new_csrf(request: Request) -> str:
     return token
 
 
-async def _csrf_given(request: Request) -> str:
+async def csrf_given(request: Request) -> str:
+    """The form token a POST carries: the ``X-CSRF-Token`` header, else the form's field."""
     header = request.headers.get(CSRF_HEADER)
     if header:
         return header
@@ -380,7 +382,7 @@ def portal_route_class(*, secure_cookies: bool) -> type[APIRoute]:
                     new_csrf(request)
                 try:
                     if request.method == "POST":
-                        given = await _csrf_given(request)
+                        given = await csrf_given(request)
                         if not cookie or not hmac.compare_digest(given.encode(), cookie.encode()):
                             raise Forbidden(
                                 "This form expired or came from another site (its security "
