@@ -13,7 +13,7 @@ log with their caller, before and after.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -189,32 +189,8 @@ class CordonChangeOut(BaseModel):
     changed: bool = Field(description="False: it was so already.")
 
 
-class QueueJobOut(BaseModel):
-    id: str
-    kind: str
-    status: str
-    payload: dict[str, Any]
-    priority: int
-    attempts: int
-    max_attempts: int
-    timeout_seconds: float
-    run_at: datetime
-    locked_by: str | None
-    locked_until: datetime | None
-    idempotency_key: str | None
-    last_error: str | None
-    result: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, job: Job) -> QueueJobOut:
-        return cls.model_validate(job, from_attributes=True)
-
-
 class QueueJobsOut(BaseModel):
-    jobs: list[QueueJobOut]
+    jobs: list[Job]
 
 
 class QueueStatsOut(BaseModel):
@@ -410,7 +386,7 @@ def _job_routes(router: APIRouter, auth: Auth, jobs: JobQueue) -> None:
     ) -> QueueJobsOut:
         """Jobs of the queue, the newest first."""
         found = await jobs.list(status=status, kind=kind, limit=limit)
-        return QueueJobsOut(jobs=[QueueJobOut.of(job) for job in found])
+        return QueueJobsOut(jobs=found)
 
     @router.get("/jobs/stats", dependencies=reads)
     async def job_stats() -> QueueStatsOut:
@@ -419,28 +395,28 @@ def _job_routes(router: APIRouter, auth: Auth, jobs: JobQueue) -> None:
         kinds = sorted({kind for kind, _ in counts})
         return QueueStatsOut(kinds={k: {s: counts.get((k, s), 0) for s in STATUSES} for k in kinds})
 
-    async def changed(job_id: str, change: Callable[..., Any]) -> QueueJobOut:
+    async def changed(job_id: str, change: Callable[..., Awaitable[Job]]) -> Job:
         try:
-            return QueueJobOut.of(await change(job_id, actor=actor()))
+            return await change(job_id, actor=actor())
         except JobNotFound:
             raise ApiError(404, "job_not_found", f"no job {job_id!r}") from None
         except JobStateError as exc:
             raise ApiError(409, "job_state", str(exc)) from None
 
     @router.get("/jobs/{job_id}", dependencies=reads)
-    async def get_job(job_id: JobId) -> QueueJobOut:
+    async def get_job(job_id: JobId) -> Job:
         """One job, its payload and result included."""
         job = await jobs.get(job_id)
         if job is None:
             raise ApiError(404, "job_not_found", f"no job {job_id!r}")
-        return QueueJobOut.of(job)
+        return job
 
     @router.post("/jobs/{job_id}/retry", dependencies=writes)
-    async def retry_job(job_id: JobId) -> QueueJobOut:
+    async def retry_job(job_id: JobId) -> Job:
         """Run a dead or cancelled job again, now, with all its attempts (409 otherwise)."""
         return await changed(job_id, jobs.retry)
 
     @router.post("/jobs/{job_id}/cancel", dependencies=writes)
-    async def cancel_job(job_id: JobId) -> QueueJobOut:
+    async def cancel_job(job_id: JobId) -> Job:
         """Give up a queued, running or dead job (409 otherwise)."""
         return await changed(job_id, jobs.cancel)
