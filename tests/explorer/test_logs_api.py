@@ -328,7 +328,10 @@ async def test_the_key_never_appears_in_logs_or_errors(
     answers += [
         asyncio.ensure_future(api.post(key, b"{", "application/json")),
         asyncio.ensure_future(api.post(key, b"x", "text/plain")),
-        asyncio.ensure_future(api.post(key[:-1] + "z", {"message": "m"})),
+        # Another key: its last letter changed (to one it is not already).
+        asyncio.ensure_future(
+            api.post(key[:-1] + ("z" if key[-1] != "z" else "y"), {"message": "m"})
+        ),
         asyncio.ensure_future(api.post(key, {"message": key})),  # its own key as a message
     ]
     responses = await asyncio.gather(*answers)
