@@ -242,6 +242,10 @@ async def run_platform(
                     lifespan="off",
                     log_config=None,  # our handlers and format (hoodrun.logs)
                     access_log=False,
+                    # The client's address (login throttle, audit log) from X-Forwarded-For only
+                    # when a trusted proxy sends it, as the gateway does.
+                    proxy_headers=bool(config.gateway.trusted_proxies),
+                    forwarded_allow_ips=list(config.gateway.trusted_proxies) or None,
                 )
             )
             task = asyncio.get_running_loop().create_task(server.serve())

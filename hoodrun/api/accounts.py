@@ -150,7 +150,11 @@ def accounts_router(
     org = org_in_path()
     reads, writes = [auth.require("billing:read", org)], [auth.require("billing:write", org)]
 
-    @router.post("/contract", status_code=status.HTTP_201_CREATED, dependencies=writes)
+    # The terms of a contract (discount, minimum, currency) and credit grants are an operator's:
+    # a customer changes plan within its contract, and pays for it.
+    terms = [auth.require("billing:write")]
+
+    @router.post("/contract", status_code=status.HTTP_201_CREATED, dependencies=terms)
     async def create_contract(org: Org, body: ContractRequest) -> ContractOut:
         """Start a contract; the org's keys take its plan."""
         made = await guarded(contracts.create(org, **body.model_dump(), actor=actor()))
@@ -172,7 +176,7 @@ def accounts_router(
         await known(org)
         return ContractsOut(contracts=[_contract(c) for c in await contracts.history(org)])
 
-    @router.post("/credits", status_code=status.HTTP_201_CREATED, dependencies=writes)
+    @router.post("/credits", status_code=status.HTTP_201_CREATED, dependencies=terms)
     async def grant_credit(org: Org, body: GrantRequest) -> GrantOut:
         """Grant credit to the org."""
         grant = await guarded(

@@ -37,7 +37,7 @@ from hoodrun.api.models import (
     KeyOut,
     RotateKeyRequest,
 )
-from hoodrun.api.rbac import AuditTrail, Auth, actor
+from hoodrun.api.rbac import AuditTrail, Auth, actor, within_plan
 from hoodrun.config import Config
 from hoodrun.keys.durations import parse_duration
 from hoodrun.keys.errors import KeysError
@@ -207,7 +207,16 @@ def create_api_app(
         status_code=status.HTTP_201_CREATED,
         dependencies=[auth.require("keys:write", body_org)],
     )
-    async def create_key(body: CreateKeyRequest) -> CreatedKeyOut:
+    async def create_key(request: Request, body: CreateKeyRequest) -> CreatedKeyOut:
+        org_id = await keys.org_id(body.org)
+        org_plan = await keys.org_plan(org_id) if org_id is not None else None
+        within_plan(
+            await auth.principal(request),
+            keys.config.plan(org_plan or keys.config.default_plan),
+            own_plan=body.plan,
+            rps=body.rps,
+            burst=body.burst,
+        )
         expires_in = None
         if body.expires_in is not None:
             expires_in = parse_duration(body.expires_in, option="expires_in")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hoodrun.api.errors import ApiError
 from hoodrun.api.models import ErrorOut, KeyOut
-from hoodrun.api.rbac import Auth, Principal, actor, org_in_path
+from hoodrun.api.rbac import Auth, Principal, actor, org_in_path, within_plan
 from hoodrun.keys.orgs import MAX_CAPTURE_BYTES, MIN_CAPTURE_BYTES, Org, OrgBook, Project
 from hoodrun.keys.service import KeyService
 
@@ -218,9 +218,10 @@ def orgs_router(
     async def get_org(org: OrgId) -> OrgOut:
         return _org(await orgs.get(org))
 
-    @router.put("/orgs/{org}/plan", dependencies=[auth.require("billing:write", org)])
+    @router.put("/orgs/{org}/plan", dependencies=[auth.require("billing:write")])
     async def set_org_plan(org: OrgId, body: OrgPlanIn) -> OrgOut:
-        """The plan of the org's keys that name none (a contract's plan change sets it too)."""
+        """The plan of the org's keys that name none, with no contract behind it: an operator's
+        (a customer changes plan through its contract: ``POST .../contract/plan``)."""
         await keys.change_org_plan(org, body.plan, actor=actor())
         return _org(await orgs.get(org))
 
@@ -252,11 +253,20 @@ def orgs_router(
         return _project(project)
 
     @router.patch("/keys/{key_id}", dependencies=[auth.require("keys:write", key_org)])
-    async def update_key_policy(key_id: str, body: KeyPolicyIn) -> KeyOut:
-        """Change a key's policy: its chains and methods (scopes), origins, rate and name."""
+    async def update_key_policy(request: Request, key_id: str, body: KeyPolicyIn) -> KeyOut:
+        """Change a key's policy: its chains and methods (scopes), origins, rate and name. A
+        member may narrow the rate within the key's plan; widening it is an operator's."""
         changes = body.model_dump(exclude_unset=True)
         if not changes:
             raise ApiError(400, "nothing_to_change", "name at least one policy field")
+        current = await keys.get(key_id)
+        within_plan(
+            await auth.principal(request),
+            keys.config.plan(current.plan),
+            own_plan=None,
+            rps=changes.get("rps"),
+            burst=changes.get("burst"),
+        )
         record = await keys.update_policy(key_id, changes, actor=actor())
         return KeyOut.of(record, keys.now())
 

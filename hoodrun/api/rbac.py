@@ -34,10 +34,20 @@ from hoodrun.identity.roles import PERMISSIONS, permissions_of
 from hoodrun.store.audit import AuditOrigin, audit_origin, write_audit
 
 if TYPE_CHECKING:
+    from hoodrun.config import PlanConfig
     from hoodrun.identity import IdentityService
     from hoodrun.store import Store
 
-__all__ = ["AuditTrail", "Auth", "OrgOf", "Principal", "actor", "org_in_path", "org_in_query"]
+__all__ = [
+    "AuditTrail",
+    "Auth",
+    "OrgOf",
+    "Principal",
+    "actor",
+    "org_in_path",
+    "org_in_query",
+    "within_plan",
+]
 
 SESSION_COOKIE = "hoodrun_session"
 ADMIN_ACTOR = "admin-token"
@@ -59,6 +69,35 @@ class Principal:
             return True
         role = self.orgs.get(org_id) if org_id is not None else None
         return role is not None and permission in permissions_of([role])
+
+
+def within_plan(
+    principal: Principal,
+    plan: PlanConfig | None,
+    *,
+    own_plan: str | None,
+    rps: float | None,
+    burst: int | None,
+) -> None:
+    """A member (not an operator) may narrow a key's rate within its plan, never widen it, and
+    may not give a key a plan of its own: those are the operator's (they change what is billed
+    and what the gateway allows). 403 saying so."""
+    if principal.platform_role is not None:
+        return
+    if own_plan is not None:
+        raise ApiError(
+            403,
+            "forbidden",
+            "a key's own plan is set by an operator; change your org's plan instead",
+        )
+    if plan is None:
+        return
+    if rps is not None and rps > plan.rate.rps:
+        raise ApiError(403, "forbidden", f"rps: at most the plan's {plan.rate.rps:g} ({plan.name})")
+    if burst is not None and burst > plan.rate.capacity:
+        raise ApiError(
+            403, "forbidden", f"burst: at most the plan's {plan.rate.capacity} ({plan.name})"
+        )
 
 
 def actor() -> str:

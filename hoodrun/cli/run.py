@@ -37,9 +37,9 @@ def _print_demo(info: object) -> None:
     endpoint = f"{info.gateway_url}/{chain}/v1/{info.key}"
     stdout.print("\n[bold green]HoodRun is up[/] (Ctrl-C stops everything it started)\n")
     stdout.print(f"  gateway   {info.gateway_url}   chains: {', '.join(info.chains)}")
-    stdout.print(f"  admin API {info.api_url}   (OpenAPI: {info.api_url}/openapi.json)")
-    stdout.print(f"  portal    {info.api_url}/portal/signup")
-    stdout.print(f"  control   {info.api_url}/control   (operators: hoodrun users create ...)")
+    stdout.print(f"  admin API {info.api_url}   (OpenAPI: /openapi.json)", soft_wrap=True)
+    stdout.print(f"  portal    {info.api_url}/portal/signup", soft_wrap=True)
+    stdout.print(f"  control   {info.api_url}/control   (operators: hoodrun users)", soft_wrap=True)
     stdout.print(f"  demo key  {info.key}", soft_wrap=True)
     stdout.print(f"            id {info.key_id}; the key is shown once\n", soft_wrap=True)
     stdout.print(f"  endpoint  {endpoint}")

@@ -50,6 +50,8 @@ class Accounts(Core):
         wanted = check_label("org_name", org_name, MAX_ORG) if org_name is not None else None
         if wanted == "":
             raise InvalidInput("org_name: give a name, or leave it out")
+        if wanted is not None and wanted.casefold().startswith("org_"):
+            raise InvalidInput("org_name: 'org_' begins org ids; choose a name without it")
         self._passwords.check(password, email=email)
         password_hash = await self._passwords.hash(password)
         token = new_token()

@@ -11,7 +11,7 @@ from datetime import timedelta
 from hoodrun.config import Config
 from hoodrun.keys.errors import InvalidKeyOptions, UnknownChain, UnknownPlan
 
-__all__ = ["DEFAULT_PROJECT", "KeyOptions", "check_label", "check_options"]
+__all__ = ["DEFAULT_PROJECT", "KeyOptions", "check_label", "check_options", "check_org_name"]
 
 DEFAULT_PROJECT = "default"
 
@@ -65,7 +65,7 @@ def check_options(
     if burst is not None and burst < 1:
         raise InvalidKeyOptions("burst: must be at least 1")
     return KeyOptions(
-        org=check_label("org", org),
+        org=check_org_name("org", org),
         project=check_label("project", project if project is not None else DEFAULT_PROJECT),
         name=check_label("name", name, limit=128) if name is not None else None,
         plan=plan,
@@ -88,6 +88,15 @@ def _choices(names: Iterable[str], what: str = "plans") -> str:
     if not listed:
         return f"no {what} are configured; declare them under '{what}:' in the config file"
     return f"choose one of {listed}"
+
+
+def check_org_name(option: str, value: str) -> str:
+    """An org's name: a label that cannot pass for an org's id (``org_...``), since the API
+    takes either where it names an org."""
+    value = check_label(option, value)
+    if value.casefold().startswith("org_"):
+        raise InvalidKeyOptions(f"{option}: 'org_' begins org ids; choose a name without it")
+    return value
 
 
 def check_label(option: str, value: str, *, limit: int = 64) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hoodrun.keys.errors import KeysError, UnknownOrg
-from hoodrun.keys.options import check_label
+from hoodrun.keys.options import check_label, check_org_name
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import api_keys, orgs, projects
 
@@ -110,7 +110,7 @@ class OrgBook:
         return found[0]
 
     async def create(self, name: str, *, plan: str | None = None, actor: str) -> Org:
-        name = check_label("name", name)
+        name = check_org_name("name", name)
         org = Org(new_id("org"), name, plan, self._now())
         try:
             async with self._store.transaction() as conn:

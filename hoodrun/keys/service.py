@@ -324,10 +324,10 @@ class KeyService:
     async def list(
         self, *, org: str | None = None, include_revoked: bool = True
     ) -> builtins.list[KeyRecord]:
-        """Keys oldest first; ``org`` is an org's name or id."""
+        """Keys oldest first; ``org`` is an org's id or name (one org: its id first)."""
         stmt = select_keys().order_by(api_keys.c.created_at, api_keys.c.id)
         if org is not None:
-            stmt = stmt.where(or_(orgs.c.name == org, orgs.c.id == org))
+            stmt = stmt.where(api_keys.c.org_id == (await self.org_id(org) or ""))
         if not include_revoked:
             now = self._clock()
             stmt = stmt.where(or_(api_keys.c.revoked_at.is_(None), api_keys.c.revoked_at > now))
@@ -336,10 +336,12 @@ class KeyService:
         return [to_record(row, self._config.default_plan) for row in rows]
 
     async def org_id(self, name_or_id: str) -> str | None:
-        """The id of the org with this name or id, or None when there is none."""
-        stmt = select(orgs.c.id).where(or_(orgs.c.name == name_or_id, orgs.c.id == name_or_id))
+        """The id of the org with this id, else of the org with this name; None when there is
+        none. (An id wins: names may not look like ids, but older ones might.)"""
         async with self._store.connect() as conn:
-            found = await conn.scalar(stmt)
+            found = await conn.scalar(select(orgs.c.id).where(orgs.c.id == name_or_id))
+            if found is None:
+                found = await conn.scalar(select(orgs.c.id).where(orgs.c.name == name_or_id))
         return str(found) if found is not None else None
 
     async def lookup(self, key_hash: str) -> KeyRecord | None:

@@ -18,6 +18,9 @@ ASSETS: Final[dict[str, tuple[str, str]]] = {
     "chart.umd.min.js": ("chart.js/dist/chart.umd.min.js", "chart.js"),
 }
 _CACHE = "public, max-age=86400"
+# A checkout's own node_modules (next to the package), for a relative web.assets_dir that is not
+# where the platform was started from.
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def assets_router(assets_dir: Path, prefix: str) -> APIRouter:
@@ -31,6 +34,8 @@ def assets_router(assets_dir: Path, prefix: str) -> APIRouter:
             return PlainTextResponse(f"no asset {name!r}", status_code=404)
         relative, package = known
         path = assets_dir / relative
+        if not path.is_file() and not assets_dir.is_absolute():
+            path = _CHECKOUT / assets_dir / relative
         if not path.is_file():
             return PlainTextResponse(
                 f"{name} is not installed: {path} is missing. Run `npm ci` (scripts/setup does) "

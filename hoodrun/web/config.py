@@ -27,6 +27,7 @@ class WebConfig(_Model):
     )
     assets_dir: Path = Field(
         default=Path("node_modules"),
-        description="npm's install of htmx.org and chart.js (scripts/setup runs npm ci).",
+        description="npm's install of htmx.org and chart.js (scripts/setup runs npm ci); "
+        "relative: to the working directory, else to the checkout the package runs from.",
     )
     secure_cookies: bool = Field(default=False, description="Set behind HTTPS.")

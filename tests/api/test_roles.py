@@ -79,7 +79,8 @@ EVERYONE = " ".join(CALLERS)
 PLATFORM_READ = "p:viewer p:ops p:billing p:admin"
 ORG_READ = f"{PLATFORM_READ} o:viewer o:ops o:billing o:admin"
 MONEY_READ = "p:billing p:admin o:billing o:admin"
-MONEY_WRITE = MONEY_READ
+MONEY_WRITE = MONEY_READ  # a plan change within the org's contract
+OPERATOR_MONEY = "p:billing p:admin"  # terms, credits, refunds, a plan without a contract
 OPS_WRITE_ORG = "p:ops p:admin o:ops o:admin"
 ORG_ADMIN = "p:admin o:admin"
 
@@ -128,7 +129,7 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
     ("POST", "/admin/v1/orgs"): (ADMINS, lambda i: ("/admin/v1/orgs", {"name": f"n-{i['n']}"})),
     ("GET", "/admin/v1/orgs/{org}"): (ORG_READ, lambda i: (f"/admin/v1/orgs/{i['org']}", None)),
     ("PUT", "/admin/v1/orgs/{org}/plan"): (
-        MONEY_WRITE,
+        OPERATOR_MONEY,
         lambda i: (f"/admin/v1/orgs/{i['org']}/plan", {"plan": "pro"}),
     ),
     ("GET", "/admin/v1/orgs/{org}/projects"): (
@@ -177,7 +178,7 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
     ("GET", "/admin/v1/plans"): (EVERYONE, lambda i: ("/admin/v1/plans", None)),
     # contracts and credits
     ("POST", "/admin/v1/orgs/{org}/contract"): (
-        MONEY_WRITE,
+        OPERATOR_MONEY,
         lambda i: (f"/admin/v1/orgs/{i['org']}/contract", {"plan": "pro", "currency": "USD"}),
     ),
     ("POST", "/admin/v1/orgs/{org}/contract/plan"): (
@@ -189,7 +190,7 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
         lambda i: (f"/admin/v1/orgs/{i['org']}/contracts", None),
     ),
     ("POST", "/admin/v1/orgs/{org}/credits"): (
-        MONEY_WRITE,
+        OPERATOR_MONEY,
         lambda i: (
             f"/admin/v1/orgs/{i['org']}/credits",
             {"kind": "promotional", "amount": "5", "currency": "USD"},
@@ -217,7 +218,7 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
         lambda i: (f"/admin/v1/invoices/{i['invoice']}/document.pdf", None),
     ),
     ("POST", "/admin/v1/invoices/{invoice_id}/refunds"): (
-        MONEY_WRITE,
+        OPERATOR_MONEY,
         lambda i: (
             f"/admin/v1/invoices/{i['invoice']}/refunds",
             {"amount": "1.00", "reason": "requested_by_customer"},
@@ -550,3 +551,29 @@ async def test_bad_credentials_are_401(world: World) -> None:
         answer = await world.http.get("/admin/v1/orgs", headers=headers)
         assert answer.status_code == 401, answer.text
         assert answer.json()["error"]["code"] == "unauthorized"
+
+
+async def test_members_narrow_a_keys_rate_but_never_widen_it(world: World) -> None:
+    ops = {"Authorization": f"Bearer {world.tokens['o:admin']}"}
+    key = f"/admin/v1/keys/{world.ids['key']}"
+    # The org's plan is the default (free: its rate is the config's); narrowing is fine.
+    assert (await world.http.patch(key, json={"rps": 1}, headers=ops)).status_code == 200
+    wide = await world.http.patch(key, json={"rps": 1e9}, headers=ops)
+    assert wide.status_code == 403 and "at most the plan's" in wide.json()["error"]["message"]
+    for body in ({"org": "acme", "plan": "enterprise"}, {"org": "acme", "burst": 10**9}):
+        made = await world.http.post("/admin/v1/keys", json=body, headers=ops)
+        assert made.status_code == 403, made.text
+    # An operator may.
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    assert (await world.http.patch(key, json={"rps": 1e9}, headers=admin)).status_code == 200
+
+
+async def test_an_org_name_cannot_pass_for_another_orgs_id(world: World) -> None:
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    named = await world.http.post("/admin/v1/orgs", json={"name": world.ids["org"]}, headers=admin)
+    assert named.status_code == 400 and "org_" in named.json()["error"]["message"]
+    made = await world.http.post("/admin/v1/keys", json={"org": "Org_x"}, headers=admin)
+    assert made.status_code == 400
+    # A key list by id is that org's only.
+    listed = await world.http.get(f"/admin/v1/keys?org={world.ids['org']}", headers=admin)
+    assert {k["org_id"] for k in listed.json()["keys"]} == {world.ids["org"]}
