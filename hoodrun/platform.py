@@ -182,6 +182,11 @@ async def run_platform(
                 Mailer(config.smtp),
                 public_url=config.web.public_url or f"http://{host}:{port}",
             )
+            oidc = None
+            if config.auth.oidc.enabled:
+                from hoodrun.identity.oidc import OidcClient
+
+                oidc = await stack.enter_async_context(OidcClient(config.auth.oidc))
             alerts = AlertBook(store)
             invoices, queue = _billing_api(config, store)
             accounts = (contracts, CreditBook(store))
@@ -232,6 +237,7 @@ async def run_platform(
                 identity=identity,
                 web=web,
                 jobs=queue,
+                oidc=oidc,
             )
             server = _Uvicorn(
                 uvicorn.Config(

@@ -26,7 +26,7 @@ from hoodrun.config import (
     RateConfig,
 )
 from hoodrun.explorer.config import LogPlanLimits, LogsConfig
-from hoodrun.identity.config import AuthConfig
+from hoodrun.identity.config import AuthConfig, OidcConfig
 from hoodrun.notify.config import NotificationsConfig, SmtpConfig
 from hoodrun.web.config import WebConfig
 
@@ -53,6 +53,7 @@ def test_every_config_key_is_documented() -> None:
         LogsConfig,
         LogPlanLimits,
         AuthConfig,
+        OidcConfig,
         SmtpConfig,
         NotificationsConfig,
         WebConfig,

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from hoodrun.billing.invoices import InvoiceBook
     from hoodrun.explorer.ingest import LogIngestor
     from hoodrun.identity import IdentityService
+    from hoodrun.identity.oidc import OidcClient
     from hoodrun.jobs import JobQueue
     from hoodrun.metering.entitlements import OrgEntitlements
     from hoodrun.metering.meters import MeterService
@@ -86,6 +87,7 @@ def create_api_app(
     identity: IdentityService | None = None,
     web: WebContext | None = None,
     jobs: JobQueue | None = None,
+    oidc: OidcClient | None = None,
 ) -> FastAPI:
     """The admin API over ``keys``; the caller owns (opens and closes) the store behind it.
 
@@ -105,7 +107,8 @@ def create_api_app(
     ``identity`` adds people: the sessions API (``/auth/v1``) and users' access tokens on every
     route, checked against their roles; ``web`` the customer portal (``/portal``) and the
     operators' control center (``/control``), as ``config.web`` enables them. ``jobs`` (default:
-    ``billing``'s queue) adds the job queue's routes to the fleet's (``/admin/v1/jobs``).
+    ``billing``'s queue) adds the job queue's routes to the fleet's (``/admin/v1/jobs``); ``oidc``
+    the operators' single sign-on on the portal's login (``/portal/sso/...``).
 
     ``token`` is the admin bearer token (the platform's admin); with neither it nor
     ``identity`` every call is refused (401).
@@ -342,6 +345,10 @@ def create_api_app(
 
             app.include_router(logs_query_router(logs_store, scope))
     if web is not None and config.web.portal:
+        if oidc is not None and identity is not None:  # operators' single sign-on
+            from hoodrun.api.sso import sso_router
+
+            app.include_router(sso_router(identity, oidc))
         from hoodrun.web.portal import portal_router
 
         app.include_router(portal_router(web))

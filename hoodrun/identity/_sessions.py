@@ -1,4 +1,5 @@
-"""Sessions: logins (throttled), refresh token rotation, logouts, access tokens."""
+"""Sessions: logins (throttled, or by single sign-on), refresh token rotation, logouts, access
+tokens."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hoodrun.identity import _queries as q
-from hoodrun.identity._core import MAX_EMAIL, Core, logger
+from hoodrun.identity._core import (
+    MAX_EMAIL,
+    MAX_NAME,
+    Core,
+    check_email,
+    check_label,
+    check_role,
+    client_ip,
+    logger,
+    public_fields,
+)
 from hoodrun.identity.errors import (
     AccountDisabled,
     BadCredentials,
     EmailNotVerified,
+    EmailTaken,
     IdentityError,
     InvalidToken,
     NotAMember,
@@ -70,6 +82,92 @@ class Sessions(Core):
                     update(users).where(users.c.id == row["id"]).values(password_hash=new_hash)
                 )
             return await self._open_session(conn, row, org_id, ip=ip, now=now)
+
+    async def login_sso(
+        self,
+        email: str,
+        name: str,
+        platform_role: str,
+        *,
+        ip: str | None = None,
+        issuer: str | None = None,
+    ) -> Session:
+        """A session for an operator whom the identity provider ``issuer`` vouched for (single
+        sign-on, ``hoodrun.identity.oidc``): the account is made at the first login (verified,
+        without a password) and its platform role follows the provider's at each one, audited
+        as ``sso``. ``AccountDisabled`` (403), ``InvalidInput``, ``InvalidRole`` (400)."""
+        email = check_email(email)
+        printable = "".join(ch for ch in name if ch.isprintable())  # whatever the provider sends
+        name = check_label("name", printable[:MAX_NAME], MAX_NAME)
+        check_role(platform_role)
+        details = {"email": email, "via": "sso", **({"issuer": issuer} if issuer else {})}
+        with client_ip(ip):
+            async with self._store.transaction() as conn:
+                now = self.now()
+                found = await q.user_by_email(conn, email)
+                if found is None:
+                    try:
+                        user_id = await self._insert_user(
+                            conn, email, name, None, now=now, verified=True,
+                            platform_role=platform_role,
+                        )  # fmt: skip
+                    except EmailTaken:  # a login of the same person made it a moment ago
+                        found = await q.user_by_email(conn, email)
+                        if found is None:
+                            raise
+                    else:
+                        await write_audit(
+                            conn, at=now, actor="sso", action="user.create", target_type="user",
+                            target_id=user_id, details=details,
+                            after=public_fields(await q.user_row(conn, user_id)),
+                        )  # fmt: skip
+                if found is not None:
+                    user_id = found["id"]
+                    await self._adopt(conn, user_id, platform_role, details, now=now)
+                user = await q.user_row(conn, user_id)
+                return await self._open_session(conn, user, None, ip=ip, now=now)
+
+    async def _adopt(
+        self,
+        conn: AsyncConnection,
+        user_id: str,
+        platform_role: str,
+        details: dict[str, str],
+        *,
+        now: datetime,
+    ) -> None:
+        """An existing account signing on: the provider's role, and its address verified."""
+        row = await q.user_row(conn, user_id, lock=True)
+        if row["disabled"]:
+            raise AccountDisabled()
+        if row["email_verified_at"] is None:
+            # Whoever set this account's password never showed they own the address, and the
+            # provider says its owner is the one signing on now: the password (and any session
+            # it opened) goes, so nobody who signed up first in an operator's name keeps a way in.
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(email_verified_at=now, password_hash=None, updated_at=now)
+            )
+            ended = await q.revoke_sessions(conn, user_id, now)
+            cleared = {**details, "password_cleared": True, "sessions_ended": ended}
+            await write_audit(
+                conn, at=now, actor="sso", action="user.verify", target_type="user",
+                target_id=user_id, details=cleared, before=public_fields(row),
+                after=public_fields(await q.user_row(conn, user_id)),
+            )  # fmt: skip
+        if row["platform_role"] != platform_role:
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(platform_role=platform_role, updated_at=now)
+            )
+            await write_audit(
+                conn, at=now, actor="sso", action="user.platform_role", target_type="user",
+                target_id=user_id, details=details,
+                before={"platform_role": row["platform_role"]},
+                after={"platform_role": platform_role},
+            )  # fmt: skip
 
     async def refresh(
         self, refresh_token: str, *, org_id: str | None = None, ip: str | None = None

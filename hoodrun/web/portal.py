@@ -62,6 +62,8 @@ def portal_router(ctx: WebContext) -> APIRouter:
     )
     auth = PortalAuth(ctx)
     identity = ctx.identity
+    oidc = ctx.config.auth.oidc
+    sso = oidc.button_label if oidc.enabled else None  # the login page's button (api/sso.py)
 
     @router.get("")
     async def home() -> Response:
@@ -126,6 +128,7 @@ def portal_router(ctx: WebContext) -> APIRouter:
             notice=NOTICES.get(notice or ""),
             error=None,
             email="",
+            sso=sso,
         )
 
     @router.post("/login")
@@ -143,6 +146,7 @@ def portal_router(ctx: WebContext) -> APIRouter:
                 notice=None,
                 error=exc.message,
                 email=email,
+                sso=sso,
             )
             if exc.retry_after:
                 page.headers["Retry-After"] = str(exc.retry_after)
