@@ -4,6 +4,7 @@ tokens."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import RowMapping, insert, select, update
@@ -58,25 +59,26 @@ class Sessions(Core):
         """A new session for the right password, throttled (429 ``Throttled``). A wrong email
         and a wrong password are the same ``BadCredentials``, and take as long."""
         email = email.strip().lower()[:MAX_EMAIL]
-        async with self._store.connect() as conn:
-            await self._throttle.check(conn, email, ip, self.now())
+        postgres = self._store.dialect == "postgresql"
+        async with self._store.transaction() as conn:  # counted as a failure until proven right
+            attempt = await self._throttle.attempt(conn, email, ip, self.now(), postgres=postgres)
             row = await q.user_by_email(conn, email)
         stored = row["password_hash"] if row is not None else None
         too_long = len(password) > MAX_PASSWORD_LENGTH
         matches, rehash = await self._passwords.verify(stored, password[:MAX_PASSWORD_LENGTH])
         if row is None or not matches or too_long:
-            async with self._store.transaction() as conn:
-                await self._throttle.fail(conn, email, ip, self.now())
             raise BadCredentials()
-        if row["disabled"]:
-            raise AccountDisabled()
-        if self._auth.require_verified_email and row["email_verified_at"] is None:
-            raise EmailNotVerified()
+        if row["disabled"] or (
+            self._auth.require_verified_email and row["email_verified_at"] is None
+        ):
+            async with self._store.transaction() as conn:
+                await self._throttle.forgive(conn, email, attempt)
+            raise AccountDisabled() if row["disabled"] else EmailNotVerified()
         # Hashes made under older cost parameters are made again now that the password is known.
         new_hash = await self._passwords.hash(password) if rehash else None
         async with self._store.transaction() as conn:
             now = self.now()
-            await self._throttle.clear(conn, email)
+            await self._throttle.forgive(conn, email, attempt)
             if new_hash is not None:
                 await conn.execute(
                     update(users).where(users.c.id == row["id"]).values(password_hash=new_hash)
@@ -220,9 +222,12 @@ class Sessions(Core):
         if session_id is None:
             return
         async with self._store.transaction() as conn:
+            # The token's secret must match: its session id alone (readable in access tokens)
+            # ends nothing.
             await conn.execute(
                 update(sessions)
                 .where(sessions.c.id == session_id)
+                .where(sessions.c.refresh_hash == hash_token(refresh_token))
                 .where(sessions.c.revoked_at.is_(None))
                 .values(revoked_at=self.now())
             )
@@ -232,22 +237,38 @@ class Sessions(Core):
         return decode_access(access_token, secret=self._secret, now=self.now())
 
     async def authenticate(self, access_token: str) -> Claims:
-        """``decode``, and the token's session is still open and its account enabled (one
-        query: for pages and changes that must not outlive a logout)."""
+        """``decode``, and the token's session is still open and its account enabled; the roles
+        are those the user holds now, not when the token was made (a member removed or demoted,
+        an operator's role taken, count at once). Two queries: for the API, pages and changes."""
         claims = self.decode(access_token)
         stmt = (
-            select(sessions.c.revoked_at, sessions.c.expires_at, users.c.disabled)
+            select(
+                sessions.c.revoked_at,
+                sessions.c.expires_at,
+                users.c.disabled,
+                users.c.platform_role,
+            )
             .join_from(sessions, users, sessions.c.user_id == users.c.id)
             .where(sessions.c.id == claims.session_id)
             .where(sessions.c.user_id == claims.user_id)
         )
         async with self._store.connect() as conn:
             found = (await conn.execute(stmt)).first()
-        if found is None or found.revoked_at is not None or found.expires_at <= self.now():
-            raise InvalidToken("the session has ended; log in again")
-        if found.disabled:
-            raise AccountDisabled()
-        return claims
+            if found is None or found.revoked_at is not None or found.expires_at <= self.now():
+                raise InvalidToken("the session has ended; log in again")
+            if found.disabled:
+                raise AccountDisabled()
+            orgs = await q.org_roles(conn, claims.user_id)
+        platform_role = found.platform_role
+        roles = (orgs[claims.org_id],) if claims.org_id in orgs else ()
+        granted = permissions_of([*roles, *([platform_role] if platform_role else [])])
+        return replace(
+            claims,
+            orgs=orgs,
+            roles=roles,
+            platform_role=platform_role,
+            scopes=tuple(sorted(granted)),
+        )
 
     async def _open_session(
         self,

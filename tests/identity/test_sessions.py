@@ -4,6 +4,7 @@ reset, the login throttle."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -413,3 +414,51 @@ async def _audit(store: Store) -> list:  # type: ignore[type-arg]
     async with store.connect() as conn:
         assert await conn.scalar(select(audit_log.c.id).limit(1)) is not None
         return await read_audit(conn, limit=1000)
+
+
+async def test_concurrent_guesses_cannot_pass_the_throttle_together(
+    identity: IdentityService, smtp_sink: SmtpSink
+) -> None:
+    await verified_user(identity, smtp_sink, ADA)
+
+    async def guess() -> str:
+        try:
+            await identity.login(ADA, "wrong password!", ip="198.51.100.9")
+        except Throttled:
+            return "throttled"
+        except BadCredentials:
+            return "checked"
+        return "in"
+
+    results = await asyncio.gather(*(guess() for _ in range(30)))
+    # Each guess is counted before its password is checked: only max_failures are checked.
+    assert results.count("checked") == 5 and results.count("throttled") == 25
+
+
+async def test_a_removed_member_loses_their_rights_at_once(
+    identity: IdentityService, smtp_sink: SmtpSink
+) -> None:
+    ada = await verified_user(identity, smtp_sink, ADA, org_name="acme")
+    org_id = (await identity.memberships(ada.id))[0].org_id
+    bob = await verified_user(identity, smtp_sink, "bob@example.com")
+    await identity.add_member(org_id, "bob@example.com", "admin", actor="test")
+    token = (await identity.login("bob@example.com", PASSWORD, org_id=org_id)).access_token
+    assert (await identity.authenticate(token)).orgs[org_id] == "admin"
+    await identity.remove_member(org_id, bob.id, actor="test")
+    # The token still says admin; what counts is what Bob holds now.
+    assert identity.decode(token).orgs[org_id] == "admin"
+    now = await identity.authenticate(token)
+    assert org_id not in now.orgs and now.roles == () and "members:write" not in now.scopes
+
+
+async def test_logging_out_takes_the_refresh_tokens_secret(
+    identity: IdentityService, smtp_sink: SmtpSink
+) -> None:
+    await verified_user(identity, smtp_sink, ADA)
+    session = await identity.login(ADA, PASSWORD)
+    session_id = session.refresh_token.split(".", 1)[0]
+    await identity.logout(f"{session_id}.not-the-secret")  # the id alone ends nothing
+    refreshed = await identity.refresh(session.refresh_token)
+    await identity.logout(refreshed.refresh_token)
+    with pytest.raises(InvalidToken):
+        await identity.authenticate(refreshed.access_token)
