@@ -14,6 +14,11 @@ Errors: 400 a bad parameter (the message says which), 401/403 the key, 404 no su
 422 a malformed number, 503 ``analytics_unavailable`` when the analytics store is not open or
 failed. The request explorer shows what the gateway records of each call; a request's detail
 adds its params and answers when the project captures payloads (excerpts, secrets redacted).
+
+A browser key (one restricted to origins: ``ProjectScope.browser``) is public, so it does not
+see the project's traffic: the request list refuses it (403 ``browser_key``), and a request's
+detail answers it only for a request made with that same key, without the payloads
+(``payloads_note`` says why). The logs routes answer it as any key of the project.
 """
 
 from __future__ import annotations
@@ -189,7 +194,8 @@ class RequestDetailOut(BaseModel):
     client_ip: str
     payloads_captured: bool = Field(description="The calls' params and answers were captured.")
     payloads_note: str | None = Field(
-        description="Why there are none: payload capture was off for the project."
+        description="Why there are none: payload capture was off for the project, or the "
+        "caller is a browser key (payloads are not shown to keys with origins)."
     )
     calls: list[CallOut]
 
@@ -373,7 +379,16 @@ def logs_query_router(
         cursor: Cursor = None,
     ) -> RequestSearchOut:
         """The project's RPC calls, newest first (what the gateway records; payloads, when
-        captured, are in a request's detail)."""
+        captured, are in a request's detail). Not for browser keys (403 `browser_key`)."""
+        if scope.browser:
+            # Whoever loads the page holds a browser key: the list would show them every call
+            # of the project (server-side ones too) and who made it.
+            raise ApiError(
+                403,
+                "browser_key",
+                "the request list is not shown to browser keys (keys with origins); use a "
+                "server key or the portal",
+            )
         explorer = RequestExplorer(store())
 
         async def run() -> dict[str, Any]:
@@ -406,15 +421,25 @@ def logs_query_router(
         to: To = None,
     ) -> RequestDetailOut:
         """A request and every call of it; with each call's params and answer (excerpts,
-        secrets redacted) when the project captures payloads (`capture_payloads`)."""
+        secrets redacted) when the project captures payloads (`capture_payloads`). A browser
+        key (one with origins) sees only the requests made with it, and never their
+        payloads."""
         explorer = RequestExplorer(store())
 
         async def run() -> dict[str, Any] | None:
             start = end = None
             if from_ is not None or to is not None:
                 start, end = explorer.bounds(from_, to)
+            # Request ids are not secrets (a process prefix and a counter): a browser key could
+            # walk them, so it finds its own requests only.
             return await explorer.detail(
-                scope.project_id, request_id, org=scope.org_id or None, start=start, end=end
+                scope.project_id,
+                request_id,
+                org=scope.org_id or None,
+                start=start,
+                end=end,
+                key=scope.key_id if scope.browser else None,
+                payloads=not scope.browser,
             )
 
         found = await _answer(run)

@@ -2,6 +2,11 @@
 explorer): ``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``, verified like the gateway does
 (cached, revocations purged). The admin token is accepted too, and then the project is named by
 the ``project`` query parameter. A key never reaches logs or errors: errors say what to fix.
+
+A key restricted to browser origins (``KeyRecord.origins`` set) is a **browser key**: it is
+embedded in public JavaScript, so whoever loads the page holds it. ``ProjectScope.browser`` says
+so, and the routes keep what only the project's own people may see from it (the request
+explorer's list, captured payloads: ``hoodrun.api.logs_query``).
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ __all__ = ["ProjectScope", "project_scope"]
 
 @dataclass(frozen=True, slots=True)
 class ProjectScope:
-    """The project a request may see and act for."""
+    """The project a request may see and act for. ``browser``: the caller's key is restricted to
+    browser origins (a public key: see the module's docstring)."""
 
     project_id: str
     org_id: str
     key_id: str
     plan: str
     admin: bool = False
+    browser: bool = False
 
 
 def project_scope(
@@ -63,6 +70,12 @@ def project_scope(
             ) from None
         if project is not None and project != record.project_id:
             raise ApiError(403, "forbidden", "a key sees only its own project")
-        return ProjectScope(record.project_id, record.org_id, record.id, record.plan)
+        return ProjectScope(
+            record.project_id,
+            record.org_id,
+            record.id,
+            record.plan,
+            browser=record.origins is not None,
+        )
 
     return scope

@@ -4,10 +4,15 @@ log (``GET /admin/v1/webhooks/{id}/deliveries``) and the replay of a failed deli
 (``POST /admin/v1/webhook-deliveries/{id}/replay``). An endpoint's signing secret is in the answer
 to its creation only.
 
+A caller without a platform role (an org's member) may only register a URL whose host is a
+public address (``hoodrun.webhooks.check_public_url``): the worker POSTs from inside the
+platform's network. Operators (a platform role, the admin token) may register any.
+
 Errors follow the admin API: 401 no or wrong token, 404 no such org, endpoint or delivery
 (``org_not_found``, ``webhook_not_found``, ``delivery_not_found``), 400 a URL or event list
-refused (``invalid_webhook``), 409 a delivery that is not failed, or whose endpoint is disabled
-(``not_replayable``), 422 a malformed body.
+refused (``invalid_webhook``; for a member, also a host that is not public or does not
+resolve), 409 a delivery that is not failed, or whose endpoint is disabled (``not_replayable``),
+422 a malformed body.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from hoodrun.webhooks import (
     NotReplayable,
     OrgNotFound,
     WebhookBook,
+    check_public_url,
 )
 
 __all__ = ["webhooks_router"]
@@ -44,7 +50,10 @@ T = TypeVar("T")
 
 
 class EndpointRequest(BaseModel):
-    url: str = Field(description="Where to POST the events (http or https).")
+    url: str = Field(
+        description="Where to POST the events (http or https); for an org's member, a public "
+        "address (not loopback, private, link-local, ...)."
+    )
     events: list[str] = Field(description=f"Events to send: any of {', '.join(EVENTS)}.")
 
 
@@ -141,8 +150,13 @@ def webhooks_router(book: WebhookBook, auth: Auth) -> APIRouter:
         status_code=status.HTTP_201_CREATED,
         dependencies=[auth.require("webhooks:write", org)],
     )
-    async def create_webhook(org: Org, body: EndpointRequest) -> CreatedEndpointOut:
-        """A new endpoint for the org; the answer holds its signing secret, once."""
+    async def create_webhook(
+        org: Org, body: EndpointRequest, request: Request
+    ) -> CreatedEndpointOut:
+        """A new endpoint for the org; the answer holds its signing secret, once. An org's
+        member may name public addresses only (400 `invalid_webhook` otherwise)."""
+        if (await auth.principal(request)).platform_role is None:
+            await _guarded(check_public_url(body.url))
         made = await _guarded(book.create_endpoint(org, body.url, body.events, actor=actor()))
         return CreatedEndpointOut(**EndpointOut.of(made).model_dump(), secret=made.secret)
 

@@ -6,6 +6,8 @@ bytes, compute units and the client's address (truncated or hashed as configured
 Payloads (a call's params and its answer) are kept only for projects that turned payload capture
 on (``capture_payloads``), as excerpts cut at the project's ``capture_bytes`` with secrets
 redacted (``hoodrun.gateway.payloads``): a request's detail shows them; searches do not read them.
+A detail asked for without payloads (``payloads=False``: a browser key's) does not read them
+either, and says why (``WITHHELD``).
 
 Every query names its project (and its org when the caller's key gives it: the first column of
 the table's sorting key) and reads ``requests_raw FINAL`` (a batch written twice counts once).
@@ -34,7 +36,7 @@ from hoodrun.explorer.query import (
 if TYPE_CHECKING:
     from hoodrun.telemetry.store import AnalyticsStore
 
-__all__ = ["CAPTURE_OFF", "RequestExplorer"]
+__all__ = ["CAPTURE_OFF", "WITHHELD", "RequestExplorer"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -47,7 +49,14 @@ _FROM = f"SELECT {_COLUMNS}\nFROM {{db}}.requests_raw FINAL\nWHERE "
 _FROM_DETAIL = (
     f"SELECT {_COLUMNS}, params_excerpt, response_excerpt\nFROM {{db}}.requests_raw FINAL\nWHERE "
 )
+# Whether a call was captured, without reading what was: a captured call always has params.
+_FROM_WITHHELD = (
+    f"SELECT {_COLUMNS}, params_excerpt != '' AS captured\nFROM {{db}}.requests_raw FINAL\nWHERE "
+)
 CAPTURE_OFF = "payload capture is off for this project (or was when this request was made)"
+WITHHELD = (
+    "payloads are not shown to browser keys (keys with origins); use a server key or the portal"
+)
 _ORDER = "\nORDER BY ts DESC, request_id DESC, call_index DESC\nLIMIT {limit:UInt32}"
 _AFTER = (
     " AND ts <= fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC')"
@@ -153,6 +162,8 @@ class RequestExplorer:
         org: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        key: str | None = None,
+        payloads: bool = True,
     ) -> dict[str, Any] | None:
         """One request and every call of it (a batch has several), or ``None`` if the project
         has no such request (or no longer: records are kept ``raw_days``).
@@ -161,7 +172,10 @@ class RequestExplorer:
         ``params_excerpt`` and ``response_excerpt`` (JSON text, possibly cut; ``None`` when not
         captured); ``payloads_captured`` says whether any call has them, and ``payloads_note``
         why not. Without ``start`` and ``end`` every kept day is read; with them (when the
-        request's time is known), only the days of that range.
+        request's time is known), only the days of that range. ``key`` (a key id): only a
+        request made with that key is found. ``payloads=False``: the excerpts are neither read
+        nor shown (``None``), and ``payloads_note`` is ``WITHHELD``; ``payloads_captured`` still
+        says whether they were captured.
         """
         check_project(project)
         if not request_id:
@@ -172,12 +186,21 @@ class RequestExplorer:
             raise ValueError("give both start and end, or neither")
         where, params = _where(project, org, start, end)
         params["request_id"] = request_id
-        rows = await self.store.query(_FROM_DETAIL + where + _DETAIL, params)
+        if key is not None:
+            where += " AND key_id = {key:String}"
+            params["key"] = key
+        select = _FROM_DETAIL if payloads else _FROM_WITHHELD
+        rows = await self.store.query(select + where + _DETAIL, params)
         if not rows:
             return None
         first = rows[0]
-        # A captured call always has params text ("null" when it sent none).
-        captured = any(row["params_excerpt"] for row in rows)
+        if not payloads:
+            captured = any(int(row["captured"]) for row in rows)
+            note: str | None = WITHHELD
+        else:
+            # A captured call always has params text ("null" when it sent none).
+            captured = any(row["params_excerpt"] for row in rows)
+            note = None if captured else CAPTURE_OFF
         return {
             "project": project,
             "request_id": str(first["request_id"]),
@@ -196,7 +219,7 @@ class RequestExplorer:
             "compute_units": sum(int(row["compute_units"]) for row in rows),
             "client_ip": str(first["client_ip"]),
             "payloads_captured": captured,
-            "payloads_note": None if captured else CAPTURE_OFF,
+            "payloads_note": note,
             "calls": [
                 {
                     "call_index": int(row["call_index"]),
@@ -205,15 +228,21 @@ class RequestExplorer:
                     "error_code": int(row["error_code"]),
                     "cache_hit": bool(int(row["cache_hit"])),
                     "compute_units": int(row["compute_units"]),
-                    "params_excerpt": str(row["params_excerpt"]) or None,
-                    # '' with params: captured, and nothing was sent back (a notification).
-                    "response_excerpt": (
-                        str(row["response_excerpt"]) if row["params_excerpt"] else None
-                    ),
+                    **_excerpts(row, payloads),
                 }
                 for row in rows
             ],
         }
+
+
+def _excerpts(row: dict[str, Any], payloads: bool) -> dict[str, str | None]:
+    if not payloads or not row["params_excerpt"]:
+        return {"params_excerpt": None, "response_excerpt": None}
+    # '' with params: captured, and nothing was sent back (a notification).
+    return {
+        "params_excerpt": str(row["params_excerpt"]),
+        "response_excerpt": str(row["response_excerpt"]),
+    }
 
 
 def _where(

@@ -50,6 +50,12 @@ def _event_of(job: Job) -> dict[str, Any]:
     return event
 
 
+def _data_of(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Who gets a usage notice depends on its meter (the spending cap's go to billing readers).
+    data = event.get("data")
+    return data if isinstance(data, Mapping) else {}
+
+
 class EventMailer:
     """Runs ``notify-email`` jobs (see the module docstring)."""
 
@@ -97,7 +103,7 @@ class EventMailer:
 
     async def _fan_out(self, event: dict[str, Any]) -> Mapping[str, Any]:
         async with self._store.transaction() as conn:
-            chosen = await recipients(conn, event["org_id"], event["type"])
+            chosen = await recipients(conn, event["org_id"], event["type"], _data_of(event))
             for member in chosen:
                 await self._queue.enqueue_in(
                     conn,
@@ -109,9 +115,9 @@ class EventMailer:
 
     async def _send(self, event: dict[str, Any], user_id: str) -> Mapping[str, Any]:
         async with self._store.connect() as conn:
-            member = await recipient(conn, event["org_id"], event["type"], user_id)
+            member = await recipient(conn, event["org_id"], event["type"], _data_of(event), user_id)
             org_name = await conn.scalar(select(orgs.c.name).where(orgs.c.id == event["org_id"]))
-        if member is None:  # left the org, disabled, or turned this event off since
+        if member is None:  # left the org, disabled, no longer a billing reader, or opted out
             return {"event": event["id"], "user": user_id, "skipped": "not wanted"}
         mail = render(event, str(org_name or event["org_id"]), public_url=self._public_url)
         try:

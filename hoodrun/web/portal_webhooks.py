@@ -1,6 +1,9 @@
 """The portal's webhooks (endpoints, their delivery log, replaying a failed delivery) and each
 member's notification preferences (email per org and event).
 
+An endpoint made here is a customer's: its URL must name a public address
+(``hoodrun.webhooks.check_public_url``), since the worker POSTs from inside the platform's network.
+
 Preferences are rows of ``notification_prefs``; an event without a row is mailed (the default is
 on). Saving them writes one audit row, ``notifications.update``, in the same transaction.
 """
@@ -26,6 +29,7 @@ from hoodrun.webhooks import (
     EndpointNotFound,
     WebhookBook,
     WebhookError,
+    check_public_url,
 )
 
 __all__ = ["NOTIFICATION_EVENTS", "email_wanted", "webhook_routes"]
@@ -95,9 +99,11 @@ def webhook_routes(router: APIRouter, ctx: WebContext, auth: PortalAuth) -> None
     @router.post("/webhooks")
     async def create_webhook(request: Request, viewer: Viewer = write) -> Response:
         form = await request.form()
+        url = field(form, "url")
         try:
+            await check_public_url(url)
             created = await book().create_endpoint(
-                viewer.org_id, field(form, "url"), checked(form, "events"), actor=viewer.actor
+                viewer.org_id, url, checked(form, "events"), actor=viewer.actor
             )
         except WebhookError as exc:
             return await page(request, viewer, error=str(exc), status=400)

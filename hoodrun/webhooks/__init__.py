@@ -11,10 +11,13 @@
 
 Receivers check ``HoodRun-Signature`` with ``verify_signature`` (see docs/webhooks.md). The
 events members can get by mail are also mailed (``hoodrun.notify``, docs/notifications.md).
+A customer's endpoint must name a public address: ``check_public_url``, which the admin API
+calls for callers without a platform role and the portal for everyone.
 """
 
 from __future__ import annotations
 
+from hoodrun.webhooks.address import check_public_url
 from hoodrun.webhooks.book import DELIVERY_KIND, EVENTS, Delivery, Endpoint, WebhookBook
 from hoodrun.webhooks.deliver import body_of, handlers
 from hoodrun.webhooks.errors import (
@@ -42,6 +45,7 @@ __all__ = [
     "WebhookBook",
     "WebhookError",
     "body_of",
+    "check_public_url",
     "handlers",
     "sign",
     "verify_signature",

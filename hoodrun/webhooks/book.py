@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,6 +27,7 @@ from hoodrun.notify.kinds import MAILED_EVENTS, NOTIFY_EMAIL, job_policies, mail
 from hoodrun.notify.recipients import anyone_wants
 from hoodrun.store import Store, new_id, write_audit
 from hoodrun.store.tables import orgs, webhook_deliveries, webhook_endpoints
+from hoodrun.webhooks.address import check_url
 from hoodrun.webhooks.errors import (
     DeliveryNotFound,
     EndpointNotFound,
@@ -53,7 +53,6 @@ EVENTS: Final = (
 
 DELIVERY_KIND: Final = "webhook-deliver"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-_MAX_URL = 2048
 _MAX_ERROR = 2000
 
 
@@ -110,13 +109,6 @@ class Delivery:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > _MAX_URL:
-        raise InvalidEndpoint(f"url {url!r}: an http(s) URL of up to {_MAX_URL} characters")
-    return url
-
-
 def _check_events(events: Iterable[str]) -> list[str]:
     chosen = sorted(set(events))
     unknown = [event for event in chosen if event not in EVENTS]
@@ -151,7 +143,7 @@ class WebhookBook:
         values = {
             "id": endpoint_id,
             "org_id": org_id,
-            "url": _check_url(url),
+            "url": check_url(url),
             "secret": "whsec_" + secrets.token_urlsafe(32),
             "events": chosen,
             "enabled": True,
@@ -255,7 +247,7 @@ class WebhookBook:
         if (
             self.mail
             and event_type in MAILED_EVENTS
-            and await anyone_wants(conn, org_id, event_type)
+            and await anyone_wants(conn, org_id, event_type, data)
         ):
             await self._queue.enqueue_in(
                 conn, NOTIFY_EMAIL, {"event": payload}, idempotency_key=mail_key(event_id)

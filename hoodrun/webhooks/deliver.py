@@ -3,9 +3,10 @@
 A 2xx answer delivers it. 410 Gone disables the endpoint and fails the delivery (no retry).
 Any other answer, or no answer (refused, timed out), is retried with the job queue's backoff
 (``webhook-deliver``: 8 attempts); the last failed attempt marks the delivery ``failed``, which an
-operator can replay (``POST /admin/v1/webhook-deliveries/{id}/replay``). Every attempt carries the
-same ``HoodRun-Delivery`` id and body, so a receiver dedupes on it; the signature's timestamp is
-the attempt's.
+operator can replay (``POST /admin/v1/webhook-deliveries/{id}/replay``). A redirect is an answer
+like any other non-2xx one: it is never followed. Every attempt carries the same
+``HoodRun-Delivery`` id and body, so a receiver dedupes on it; the signature's timestamp is the
+attempt's.
 """
 
 from __future__ import annotations
@@ -61,8 +62,14 @@ def handlers(book: WebhookBook, client: httpx.AsyncClient) -> dict[str, Handler]
         }
         code: int | None = None
         try:
+            # Never a redirect, whatever the client's default: a public endpoint could send the
+            # worker on to an internal address (check_public_url judged the URL, not a Location).
             response = await client.post(
-                endpoint.url, content=body, headers=headers, timeout=REQUEST_TIMEOUT
+                endpoint.url,
+                content=body,
+                headers=headers,
+                timeout=REQUEST_TIMEOUT,
+                follow_redirects=False,
             )
             code = response.status_code
             error = None if response.is_success else f"HTTP {code}"

@@ -233,7 +233,8 @@ TABLE: dict[tuple[str, str], tuple[str, Call]] = {
         OPS_WRITE_ORG,
         lambda i: (
             f"/admin/v1/orgs/{i['org']}/webhooks",
-            {"url": "https://example.com/hook", "events": ["key.created"]},
+            # A public address written out: members' endpoints must be public, and no DNS here.
+            {"url": "https://1.1.1.1/hook", "events": ["key.created"]},
         ),
     ),
     ("GET", "/admin/v1/orgs/{org}/webhooks"): (

@@ -20,6 +20,7 @@ from hoodrun.api.logs_query import logs_query_router
 from hoodrun.api.projects import project_scope
 from hoodrun.config import Config
 from hoodrun.explorer.query import iso
+from hoodrun.explorer.requests import WITHHELD
 from hoodrun.keys.service import KeyService
 from hoodrun.keys.verifier import KeyVerifier
 from hoodrun.store import Store
@@ -57,6 +58,8 @@ class World:
     analytics: ChdbStore
     a: Project
     b: Project
+    browser: Project  # a key of A's project restricted to an origin
+    browser_key_id: str
 
     @asynccontextmanager
     async def client(
@@ -109,7 +112,20 @@ async def world(
                     record(at(1, 10, 1), f"r{tag}2", "eth_getLogs", error_code=-32000, **ids),
                 ],
             )
-        yield World(keys, analytics, a, b)
+        browser = await keys.create(
+            org="acme", project="web", origins=["https://app.acme.test"], actor="test"
+        )
+        # A project captures payloads: one request made with the browser key, one server-side.
+        ids = {"project_id": a.id, "org_id": a.org_id}
+        await insert_records(
+            analytics,
+            [
+                record(at(1, 11), "rbrowser", key_id=browser.id, excerpts=(("[1]", '"0x1"'),), **ids),
+                record(at(1, 11, 1), "rserver", key_id="key_a",
+                       excerpts=(('[{"to":"0xaa","data":"0xfeed"}]', '"0xbeef"'),), **ids),
+            ],
+        )  # fmt: skip
+        yield World(keys, analytics, a, b, Project(a.id, a.org_id, browser.key), browser.id)
 
 
 def error(response: httpx.Response, status: int, code: str) -> str:
@@ -244,7 +260,7 @@ async def test_paging_through_the_api(world: World) -> None:
             "/logs/v1/requests", params={**DAY, "cursor": cursor}, headers=world.a.auth
         )
         ids = [r["request_id"] for r in first.json()["rows"] + rest.json()["rows"]]
-        assert ids == ["ra2", "ra1"] and rest.json()["next_cursor"] is None
+        assert ids == ["rserver", "rbrowser", "ra2", "ra1"] and rest.json()["next_cursor"] is None
 
 
 async def test_request_routes(world: World) -> None:
@@ -266,6 +282,42 @@ async def test_request_routes(world: World) -> None:
             "/logs/v1/requests/ra2", params={"from": iso(at(2))}, headers=world.a.auth
         )
         error(narrowed, 404, "not_found")
+
+
+async def test_a_browser_key_sees_no_payloads_and_no_request_list(world: World) -> None:
+    """A key with origins is in public JavaScript: whoever loads the page holds it."""
+    async with world.client() as client:
+        # The list would show every call of the project, server-side ones too.
+        listed = await client.get("/logs/v1/requests", params=DAY, headers=world.browser.auth)
+        message = error(listed, 403, "browser_key")
+        assert "browser keys (keys with origins)" in message and "server key" in message
+        # Its own request: the record, without the payloads, and why.
+        own = await client.get("/logs/v1/requests/rbrowser", headers=world.browser.auth)
+        assert own.status_code == 200, own.text
+        detail = own.json()
+        assert detail["key_id"] == world.browser_key_id
+        assert detail["payloads_note"] == WITHHELD
+        assert WITHHELD == (
+            "payloads are not shown to browser keys (keys with origins); use a server key or "
+            "the portal"
+        )
+        [call] = detail["calls"]
+        assert call["params_excerpt"] is None and call["response_excerpt"] is None
+        # A request made with another key of the project (a server's): not found.
+        server = await client.get("/logs/v1/requests/rserver", headers=world.browser.auth)
+        assert "no request 'rserver'" in error(server, 404, "not_found")
+        assert "0xfeed" not in server.text
+        # The project's server key, and the admin token, see both with their payloads.
+        for headers, params in ((world.a.auth, {}), (ADMIN, {"project": world.a.id})):
+            full = await client.get("/logs/v1/requests/rserver", params=params, headers=headers)
+            assert full.json()["payloads_note"] is None
+            assert full.json()["calls"][0]["params_excerpt"] == '[{"to":"0xaa","data":"0xfeed"}]'
+            theirs = await client.get("/logs/v1/requests/rbrowser", params=params, headers=headers)
+            assert theirs.json()["calls"][0]["response_excerpt"] == '"0x1"'
+            rows = await client.get("/logs/v1/requests", params={**DAY, **params}, headers=headers)
+            assert {"rbrowser", "rserver"} <= {r["request_id"] for r in rows.json()["rows"]}
+        # The logs routes answer it as any key of the project.
+        assert await search_ids(client, world.browser.auth) == ["a4", "a3", "a2", "a1"]
 
 
 # --- errors -------------------------------------------------------------------------------------

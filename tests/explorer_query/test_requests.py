@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hoodrun.explorer.query import encode_cursor, iso
-from hoodrun.explorer.requests import CAPTURE_OFF, RequestExplorer
+from hoodrun.explorer.requests import CAPTURE_OFF, WITHHELD, RequestExplorer
 from hoodrun.telemetry.sink import RequestRecord
 from hoodrun.telemetry.store import ChdbStore
 from tests.explorer_query.support import at, insert_records, record
@@ -227,3 +227,40 @@ async def test_a_captured_requests_detail_has_its_payloads(analytics: ChdbStore)
     assert rows and not any("excerpt" in name for row in rows for name in row)
     other = await explorer.detail("prj_b", "cap")
     assert other is not None and [c["params_excerpt"] for c in other["calls"]] == ["x"]
+
+
+async def test_a_detail_without_payloads_neither_reads_nor_shows_them(
+    analytics: ChdbStore,
+) -> None:
+    excerpts = (("[]", '{"result":"0x1"}'), ('["secret-ish"]', '"0x"'), ("[]", ""))
+    await insert_records(
+        analytics,
+        [
+            record(at(1, 10), "cap", "batch", **{**BATCH, "excerpts": excerpts}),
+            record(at(1, 10, 1), "plain", key_id="key_web"),
+        ],
+    )
+    explorer = RequestExplorer(analytics)
+    withheld = await explorer.detail(A, "cap", payloads=False)
+    assert withheld is not None
+    assert (withheld["payloads_captured"], withheld["payloads_note"]) == (True, WITHHELD)
+    assert all(c["params_excerpt"] is c["response_excerpt"] is None for c in withheld["calls"])
+    assert "secret-ish" not in repr(withheld)
+    shown = await explorer.detail(A, "cap")
+    assert shown is not None
+    # Everything else is the same.
+    strip = ("payloads_note", "calls")
+    assert {k: v for k, v in withheld.items() if k not in strip} == {
+        k: v for k, v in shown.items() if k not in strip
+    }
+    assert [c["method"] for c in withheld["calls"]] == [c["method"] for c in shown["calls"]]
+    # Not captured: still the browser's note (nothing would be shown either way).
+    plain = await explorer.detail(A, "plain", payloads=False)
+    assert plain is not None and (plain["payloads_captured"], plain["payloads_note"]) == (
+        False,
+        WITHHELD,
+    )
+    # Narrowed to a key: another key's request is not found.
+    assert await explorer.detail(A, "plain", key="key_web") is not None
+    assert await explorer.detail(A, "plain", key="key_a") is None
+    assert await explorer.detail(A, "cap", key="key_a", payloads=False) == withheld

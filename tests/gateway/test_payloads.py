@@ -78,6 +78,25 @@ def test_long_text_is_cut_at_the_limit_and_says_so() -> None:
         "personal_unlockAccount",
         "personal_importRawKey",
         "personal_sendTransaction",
+        # In any case: nodes may take them so, and they carry the same secrets.
+        "ETH_SIGN",
+        "Eth_SignTransaction",
+        "ETH_SIGNTYPEDDATA_V4",
+        "Personal_unlockAccount",
+        "PERSONAL_IMPORTRAWKEY",
+        # Secrets given positionally, or keys answered: every method of these namespaces.
+        "parity_newAccountFromPhrase",
+        "parity_newAccountFromSecret",
+        "parity_exportAccount",
+        "parity_signMessage",
+        "PARITY_changePassword",
+        "signer_confirmRequest",
+        "signer_confirmRequestRaw",
+        "account_new",
+        "account_signTransaction",
+        "account_signData",
+        "Account_Import",
+        "wallet_requestPermissions",
     ],
 )
 def test_signing_and_account_methods_keep_neither_params_nor_answer(method: str) -> None:
@@ -89,8 +108,82 @@ def test_signing_and_account_methods_keep_neither_params_nor_answer(method: str)
 
 def test_other_account_methods_are_kept() -> None:
     assert not is_signing("eth_accounts") and not is_signing("eth_sendRawTransaction")
+    assert not is_signing(None) and not is_signing(7)
     [(params, answer)] = excerpts(calls_of(rpc("eth_accounts")), None, b'{"result":[]}', 2048)
     assert (params, answer) == ("[]", '{"result":[]}')
+
+
+def test_eth_send_transaction_is_kept() -> None:
+    # The node signs it with a key it holds: its params are a transaction, not a secret, and
+    # its answer the transaction's hash (personal_sendTransaction is the one with a password).
+    assert not is_signing("eth_sendTransaction") and not is_signing("ETH_SENDTRANSACTION")
+    tx = {"from": ACCOUNT, "to": TARGET, "value": "0x1", "data": "0x", "gas": "0x5208"}
+    answer = b'{"jsonrpc":"2.0","id":1,"result":"0xhash"}'
+    [(params, response)] = excerpts(calls_of(rpc("eth_sendTransaction", [tx])), None, answer, 2048)
+    assert orjson.loads(params) == [tx] and response == answer.decode()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "password",
+        "passwd",
+        "PassWd",
+        "pwd",
+        "userPwd",
+        "passphrase",
+        "pass_phrase",
+        "privateKey",
+        "private key",
+        "Private-Key",
+        "PRIVATE.KEY",
+        "privKey",
+        "pk",
+        "PK",
+        "p_k",
+        "ownerPk",
+        "secret",
+        "secretKey",
+        "secret_key",
+        "clientSecret",
+        "mnemonic",
+        "seed",
+        "seedPhrase",
+        "seed phrase",
+        "apiKey",
+        "api-key",
+        "X-API-KEY",
+        "token",
+        "accessToken",
+        "auth_token",
+        "authorization",
+        "Authorization",
+        "ＰＡＳＳＷＯＲＤ",  # fullwidth: NFKC makes it "PASSWORD"
+        "paſſword",  # a long s casefolds to "s"
+    ],
+)
+def test_every_secret_name_is_redacted(name: str) -> None:
+    params = [{"to": TARGET, name: PASSWORD}, "latest"]
+    [(text, _)] = excerpts(calls_of(rpc("eth_call", params)), None, b"", 2048)
+    assert orjson.loads(text) == [{"to": TARGET, name: REDACTED}, "latest"]
+    assert PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["to", "from", "data", "tokenAddress", "tokenId", "tokens", "upkeepId", "pubkey", "keys"],
+)
+def test_names_that_only_look_alike_are_kept(name: str) -> None:
+    params = [{name: "0x1"}, "latest"]
+    [(text, _)] = excerpts(calls_of(rpc("eth_call", params)), None, b"", 2048)
+    assert orjson.loads(text) == params
+    assert redact(params) is params  # nothing to redact: nothing copied
+
+
+def test_an_invalid_entry_naming_a_signing_method_in_any_case() -> None:
+    entry = {"jsonrpc": "1.0", "id": 3, "method": "PARITY_exportAccount", "params": [ACCOUNT]}
+    [(text, _)] = excerpts(calls_of([entry]), [None], b"", 2048)
+    assert orjson.loads(text)["params"] == REDACTED and ACCOUNT not in text
 
 
 def test_fields_named_like_secrets_are_redacted_at_any_depth() -> None:

@@ -217,6 +217,7 @@ async def test_a_quota_at_80_and_100_percent_is_told_once_by_webhook_and_mail(
     org, key, project = await world.org("acme")
     secret = await world.endpoint(org, ["usage.threshold", "quota.exhausted"])
     await world.member(org, "ada@acme.test", "billing")
+    await world.member(org, "otto@acme.test", "ops")  # a quota of calls is not about money
     bob = await world.member(org, "bob@acme.test", "viewer")
     await world.opt_out(bob, org, "usage.threshold", "quota.exhausted")
     await world.member(org, "cy@acme.test", "viewer", verified=False)  # invited, not verified
@@ -267,6 +268,7 @@ async def test_a_quota_at_80_and_100_percent_is_told_once_by_webhook_and_mail(
         "HoodRun: acme used 80% of its monthly requests quota",
         "HoodRun: acme used up its monthly requests quota: calls are refused",
     ]
+    assert sorted(subject(m) for m in notices_of(world.sink, "otto@acme.test")) == subjects
 
     # Nothing more, however often the watcher looks and however far past 100% the org goes.
     await world.calls(15, org, key, project)
@@ -298,6 +300,10 @@ async def test_a_spending_cap_at_80_and_100_percent(world: World) -> None:
     org, key, project = await world.org("capco", plan="capped")
     await world.endpoint(org, ["usage.threshold", "quota.exhausted"])
     await world.member(org, "ada@capco.test", "billing")
+    await world.member(org, "abe@capco.test", "admin")
+    # The cap is money: members who may not see the billing are not told of it.
+    await world.member(org, "otto@capco.test", "ops")
+    await world.member(org, "vic@capco.test", "viewer")
 
     await world.calls(80, org, key, project)  # 8.00 of 10.00 USD
     await world.tick()
@@ -317,6 +323,9 @@ async def test_a_spending_cap_at_80_and_100_percent(world: World) -> None:
     assert sorted(e["type"] for e in later) == ["quota.exhausted", "usage.threshold"]
     assert all(e["data"]["used"] == {"amount": "10.00", "currency": "USD"} for e in later)
     assert len(notices_of(world.sink, "ada@capco.test")) == 3
+    assert len(notices_of(world.sink, "abe@capco.test")) == 3
+    assert notices_of(world.sink, "otto@capco.test") == []
+    assert notices_of(world.sink, "vic@capco.test") == []
     world.check_mail_holds_no_secret()
 
 
@@ -324,6 +333,7 @@ async def test_an_error_rate_spike_on_a_key_is_told_once(world: World) -> None:
     org, key, project = await world.org("flaky", plan="open")
     await world.endpoint(org, ["error_rate.spike"])
     await world.member(org, "ada@flaky.test", "ops")
+    await world.member(org, "vic@flaky.test", "viewer")
     created = await world.keys.create(org="flaky", project="web", actor="test")
     world.secrets.append(created.key)
     few = await world.keys.create(org="flaky", project="web", actor="test")
@@ -346,6 +356,8 @@ async def test_an_error_rate_spike_on_a_key_is_told_once(world: World) -> None:
     [mail] = notices_of(world.sink, "ada@flaky.test")
     assert subject(mail) == f"HoodRun: flaky: 50% of the calls with key {key} failed"
     assert "60 of the 120 calls" in text_of(mail)
+    [seen] = notices_of(world.sink, "vic@flaky.test")
+    assert subject(seen) == subject(mail)
 
     await world.calls(120, org, key, project, errors=120)  # worse, within the same hour
     await world.tick()
@@ -354,14 +366,17 @@ async def test_an_error_rate_spike_on_a_key_is_told_once(world: World) -> None:
     world.check_mail_holds_no_secret()
 
 
-async def test_invoices_reach_the_members_by_mail(world: World) -> None:
+async def test_invoices_reach_the_members_who_see_billing_by_mail(world: World) -> None:
     org, _, _ = await world.org("acme")
     await world.member(org, "ada@acme.test", "billing")
-    bob = await world.member(org, "bob@acme.test", "viewer")
+    bob = await world.member(org, "bob@acme.test", "admin")
     await world.opt_out(bob, org, "usage.threshold")  # another event: invoices still come
-    dee = await world.member(org, "dee@acme.test", "viewer")
+    dee = await world.member(org, "dee@acme.test", "billing")
     await world.opt_out(dee, org, "invoice.created")
-    await world.member(org, "cy@acme.test", "viewer", verified=False)
+    await world.member(org, "cy@acme.test", "billing", verified=False)
+    # Without billing:read: no invoices by mail either (the portal does not show them theirs).
+    await world.member(org, "vic@acme.test", "viewer")
+    await world.member(org, "otto@acme.test", "ops")
     invoices = InvoiceBook(world.store, world.config, clock=world.clock, webhooks=world.book)
     invoice = await invoices.create_from_snapshot(
         await make_snapshot(world.store, org), provider="none"
@@ -377,9 +392,55 @@ async def test_invoices_reach_the_members_by_mail(world: World) -> None:
         assert html is not None and invoice.number in str(html.get_content())
     assert notices_of(world.sink, "dee@acme.test") == []
     assert notices_of(world.sink, "cy@acme.test") == []
+    assert notices_of(world.sink, "vic@acme.test") == []
+    assert notices_of(world.sink, "otto@acme.test") == []
     await world.worker.burst()
     assert len(notices_of(world.sink, "ada@acme.test")) == 1
     world.check_mail_holds_no_secret()
+
+
+async def test_money_notices_go_to_billing_readers_only(world: World) -> None:
+    org, _, _ = await world.org("acme")
+    ada = await world.member(org, "ada@acme.test", "billing")
+    await world.member(org, "abe@acme.test", "admin")
+    await world.member(org, "vic@acme.test", "viewer")
+    await world.member(org, "otto@acme.test", "ops")
+    money = {"amount": "2.00", "currency": "USD"}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("invoice.paid", {"invoice_id": "inv_1", "number": "HR-1", "total": money}),
+        ("credits.low", {"balance": money, "threshold": {"amount": "5", "currency": "USD"}}),
+    ]
+    for event, data in events:
+        async with world.store.transaction() as conn:
+            await world.book.emit(conn, event, org, data, event_id=f"evt_{event}")
+    mailing = EventMailer(world.config, world.store, clock=world.clock)
+    async with world.store.connect() as conn:
+        queued = [Job.of(r) for r in (await conn.execute(select(jobs))).mappings()]
+    fanned = [await mailing.run(job) for job in queued]
+    assert sorted(f["members"] for f in fanned) == [2, 2]  # ada and abe, each time
+    # A member who no longer sees billing when their mail's turn comes is not mailed.
+    await world.identity.set_role(org, ada, "viewer", actor="test")
+    await world.worker.burst()
+    assert notices_of(world.sink, "ada@acme.test") == []
+    assert len(notices_of(world.sink, "abe@acme.test")) == 2
+    assert notices_of(world.sink, "vic@acme.test") == notices_of(world.sink, "otto@acme.test") == []
+
+
+async def test_no_money_notice_is_queued_when_no_member_sees_billing(world: World) -> None:
+    org, _, _ = await world.org("acme")
+    await world.member(org, "vic@acme.test", "viewer")
+    await world.member(org, "otto@acme.test", "ops")
+    cap = {"meter": "spending_cap", "limit": {"amount": "10.00", "currency": "USD"}}
+    async with world.store.transaction() as conn:
+        await world.book.emit(conn, "invoice.created", org, {"number": "HR-1"})
+        await world.book.emit(conn, "quota.exhausted", org, cap)
+        await world.book.emit(conn, "quota.exhausted", org, {**cap, "meter": "requests"})
+    async with world.store.connect() as conn:
+        queued = [Job.of(r) for r in (await conn.execute(select(jobs))).mappings()]
+    # Only the quota of requests is anyone's to hear of: one notify-email job.
+    assert [(job.kind, job.payload["event"]["data"]["meter"]) for job in queued] == [
+        (NOTIFY_EMAIL, "requests")
+    ]
 
 
 async def test_each_member_gets_an_event_once(world: World) -> None:

@@ -4,16 +4,25 @@ delivery) and the notification preferences."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
+import pytest
 from sqlalchemy import select
 
 from hoodrun.store.tables import audit_log, notification_prefs
+from hoodrun.webhooks import address
 from tests.web.support import Portal, csrf_of, org_of
 
 HTMX = {"HX-Request": "true"}
 
 
-async def test_an_endpoint_its_deliveries_and_a_replay(portal: Portal) -> None:
+async def test_an_endpoint_its_deliveries_and_a_replay(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def public(host: str) -> Iterable[str]:
+        return ["93.184.215.14"]  # hooks.example, without DNS (the portal checks the address)
+
+    monkeypatch.setattr(address, "_getaddrinfo", public)
     browser = portal.client()
     await portal.sign_up(browser, "ada@example.com")
     org_id = org_of(portal, browser)

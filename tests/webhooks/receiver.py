@@ -1,5 +1,5 @@
 """A webhook receiver on a real socket (127.0.0.1, a free port), in a thread: it records every
-request and answers what ``answers`` says (then 200 once they run out)."""
+request and answers what ``answers`` says (then 200 once they run out), with ``headers``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Receiver:
 
 
 @contextmanager
-def serve_receiver(*answers: int) -> Iterator[Receiver]:
+def serve_receiver(*answers: int, headers: dict[str, str] | None = None) -> Iterator[Receiver]:
     receiver = Receiver(answers=list(answers))
 
     class Handler(BaseHTTPRequestHandler):
@@ -45,6 +45,8 @@ def serve_receiver(*answers: int) -> Iterator[Receiver]:
             with receiver.lock:
                 receiver.received.append(Received(dict(self.headers.items()), body, code))
             self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
