@@ -50,7 +50,7 @@ from hoodrun.web.control_data import (
     reconciliation,
 )
 from hoodrun.web.render import render
-from hoodrun.web.session import CSRF_COOKIE, csrf_given, is_htmx
+from hoodrun.web.session import CSRF_COOKIE, PortalError, csrf_given, is_htmx
 
 if TYPE_CHECKING:
     from hoodrun.identity import Claims
@@ -77,18 +77,8 @@ PAGES: Final = (
 # --- errors --------------------------------------------------------------------------------------
 
 
-class ControlError(Exception):
-    """Something went wrong."""
-
-    status = 500
-    title = "Something went wrong"
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.__doc__)
-
-    @property
-    def message(self) -> str:
-        return str(self)
+class ControlError(PortalError):
+    """Something went wrong (a page of its own, as the portal's errors are)."""
 
 
 class LoginNeeded(ControlError):
