@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Page, expect
@@ -29,7 +28,6 @@ from hoodrun.devnet import free_port
 from hoodrun.explorer.requests import RequestExplorer
 from hoodrun.explorer.schema import create_logs_table
 from hoodrun.identity import IdentityService
-from hoodrun.identity.roles import ROLE_PERMISSIONS
 from hoodrun.keys.service import KeyService
 from hoodrun.store import Store, upgrade
 from hoodrun.telemetry.reporting import Reports
@@ -438,22 +436,6 @@ async def test_without_the_analytics_store_the_pages_answer_503(portal: Portal) 
         assert "<html" in answer.text
     inline = await ada.client.get(f"/portal/logs/lines?project={ada.project_id}", headers=HTMX)
     assert inline.status_code == 503 and inline.text.startswith('<div class="error"')
-
-
-async def test_a_role_without_logs_read_is_refused(portal: Portal) -> None:
-    lacking = [role for role, granted in ROLE_PERMISSIONS.items() if "logs:read" not in granted]
-    if not lacking:
-        pytest.skip("every org role holds logs:read")
-    ada = await member(portal, "ada@example.com", "Ada Labs")
-    await portal.ctx.identity.create_user(
-        "vic@example.com", password=PASSWORD, actor="test", verified=True
-    )
-    await portal.ctx.identity.add_member(ada.org_id, "vic@example.com", lacking[0], actor="test")
-    other = portal.client()
-    await portal.log_in(other, "vic@example.com")
-    for path in ("/portal/logs", "/portal/logs/requests"):
-        answer = await other.get(path)
-        assert answer.status_code == 403 and "logs:read" in answer.text
 
 
 async def test_logging_in_is_needed(portal: Portal) -> None:
