@@ -55,6 +55,7 @@ from hoodrun.webhooks import handlers as webhook_handlers
 
 if TYPE_CHECKING:
     from hoodrun.billing.invoices import InvoiceBook
+    from hoodrun.telemetry.store import AnalyticsStore
 
 __all__ = ["DEVNET_CHAINS", "Running", "run_platform", "run_worker", "start_devnet"]
 
@@ -121,8 +122,13 @@ async def run_platform(
     stop: asyncio.Event | None = None,
     reuse_port: bool = False,
     reload: Callable[[], Config] | None = None,
+    worker: bool = False,
 ) -> None:
     """Run the chosen roles until SIGINT/SIGTERM (or ``stop`` is set).
+
+    ``worker`` runs the job queue here too (webhook deliveries, notifications, billing jobs and
+    their schedules, as ``hoodrun worker`` does), on this process's analytics store: one process
+    for everything, as ``hoodrun up`` does.
 
     ``reload`` reads the config again (from its file): on SIGHUP the gateway adopts its chains,
     upstreams, plans, health checks and public access while serving; a config that does not
@@ -270,6 +276,15 @@ async def run_platform(
             await stack.enter_async_context(
                 FleetReporter(store, "api", lambda: {"api_url": listening})
             )
+        if worker:
+            analytics = telemetry.store if telemetry is not None else None
+            if analytics is None and api and reports is not None:
+                analytics = reports.store
+            jobs = await _open_worker(config, store, analytics, stack)
+            running = asyncio.get_running_loop().create_task(jobs.run(stop))
+            # Unwound before the store closes: the stop event is set by then, and the worker
+            # finishes the jobs in hand.
+            stack.push_async_callback(asyncio.wait_for, running, 60)
         if reloader is not None:
             reloader.ready(runtime, keys, contracts)
         info = Running(gateway_url, api_url, [c.name for c in config.chains], gateway_port)
@@ -411,6 +426,41 @@ async def _open_reports(
     return Reports(store, raw_days=retention.raw_days, hourly_days=retention.hourly_days)
 
 
+async def _open_worker(
+    config: Config, store: Store, analytics: AnalyticsStore | None, stack: AsyncExitStack
+) -> Worker:
+    """The job queue's worker with every handler this config calls for (webhook deliveries,
+    notifications; with ``billing.enabled`` the billing jobs and their schedules), reporting to
+    the fleet; what it opens closes with ``stack``."""
+    settings = config.billing.jobs
+    queue = JobQueue(store, backoff_base=settings.backoff_base, lease_margin=settings.lease)
+    # Webhook deliveries are jobs too: this worker POSTs them (no redirects followed).
+    client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+    handlers = webhook_handlers(WebhookBook(store), client) | notify_jobs.handlers(
+        config, store, analytics=analytics
+    )
+    schedules: list[Schedule] = [*notify_jobs.schedules(config)]
+    if config.billing.enabled:
+        # Imported here: billing brings the providers' SDKs, which only the worker needs.
+        from hoodrun.billing import jobs as billing_jobs
+
+        billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
+        stack.push_async_callback(billing.aclose)
+        handlers |= billing_jobs.handlers(billing)
+        schedules.extend(billing_jobs.schedules(config))
+    await stack.enter_async_context(
+        FleetReporter(store, "worker", lambda: {"concurrency": settings.concurrency})
+    )
+    return Worker(
+        queue,
+        handlers,
+        schedules=schedules,
+        concurrency=settings.concurrency,
+        poll_interval=settings.poll_interval,
+        keep_done=timedelta(days=settings.keep_done_days),
+    )
+
+
 async def run_worker(
     config: Config,
     *,
@@ -430,34 +480,8 @@ async def run_worker(
             telemetry = await open_telemetry(config, stack, produce=False, consume=True)
         await upgrade(config.database_url)  # creates the SQLite file's directory too
         store = await stack.enter_async_context(Store(config.database_url))
-        settings = config.billing.jobs
-        queue = JobQueue(store, backoff_base=settings.backoff_base, lease_margin=settings.lease)
-        # Webhook deliveries are jobs too: this worker POSTs them (no redirects followed).
-        client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
         analytics = telemetry.store if telemetry is not None else None
-        handlers = webhook_handlers(WebhookBook(store), client) | notify_jobs.handlers(
-            config, store, analytics=analytics
-        )
-        schedules: list[Schedule] = [*notify_jobs.schedules(config)]
-        if config.billing.enabled:
-            # Imported here: billing brings the providers' SDKs, which only the worker needs.
-            from hoodrun.billing import jobs as billing_jobs
-
-            billing = billing_jobs.open_billing(config, store, queue, analytics=analytics)
-            stack.push_async_callback(billing.aclose)
-            handlers |= billing_jobs.handlers(billing)
-            schedules.extend(billing_jobs.schedules(config))
-        await stack.enter_async_context(
-            FleetReporter(store, "worker", lambda: {"concurrency": settings.concurrency})
-        )
-        worker = Worker(
-            queue,
-            handlers,
-            schedules=schedules,
-            concurrency=settings.concurrency,
-            poll_interval=settings.poll_interval,
-            keep_done=timedelta(days=settings.keep_done_days),
-        )
+        worker = await _open_worker(config, store, analytics, stack)
         if config.billing.jobs.metrics_listen is not None and not burst:
             _serve_metrics(config.billing.jobs.metrics_listen, stack)
         if ready is not None:

@@ -82,8 +82,13 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--devnet", help="Start local anvil chains eth (1) and base (8453).")
         ] = False,
         demo: Annotated[bool, typer.Option(help="Create a demo org and key and print it.")] = True,
+        worker: Annotated[
+            bool,
+            typer.Option(help="Run the job queue here too (webhooks, notices, billing)."),
+        ] = True,
     ) -> None:
-        """Run the whole platform in one process (gateway + admin API) on the config's backends.
+        """Run the whole platform in one process (gateway, admin API, portal and the job queue's
+        worker) on the config's backends.
 
         SIGHUP reloads chains, upstreams and plans from the config file (with --devnet, the
         devnet's chains stay)."""
@@ -107,7 +112,7 @@ def register(app: typer.Typer) -> None:
             if not config.chains:
                 fail("no chains configured: add chains to the config, or use --devnet")
             try:
-                _run(run_platform(config, demo=demo, ready=_print_demo, reload=read))
+                _run(run_platform(config, demo=demo, ready=_print_demo, reload=read, worker=worker))
             except (ConfigError, ChainIdMismatch, OSError, ValueError) as exc:
                 fail(str(exc))
 
