@@ -16,9 +16,9 @@ failed. The request explorer shows what the gateway records of each call; a requ
 adds its params and answers when the project captures payloads (excerpts, secrets redacted).
 
 A browser key (one restricted to origins: ``ProjectScope.browser``) is public, so it does not
-see the project's traffic: the request list refuses it (403 ``browser_key``), and a request's
-detail answers it only for a request made with that same key, without the payloads
-(``payloads_note`` says why). The logs routes answer it as any key of the project.
+see the project's traffic: the log queries and the request list refuse it (403
+``browser_key``; it may still send logs), and a request's detail answers it only for a request
+made with that same key, without the payloads (``payloads_note`` says why).
 """
 
 from __future__ import annotations
@@ -277,6 +277,20 @@ def logs_query_router(
     # here) are resolved in the module's namespace.
     scope_of = Depends(scope_dependency)
 
+    async def server_only(scope: ProjectScope = scope_of) -> ProjectScope:
+        # Whoever loads a page holds its browser key: the project's logs and its request list
+        # would show them everything the project does (server-side too) and who did it.
+        if scope.browser:
+            raise ApiError(
+                403,
+                "browser_key",
+                "logs and the request list are not shown to browser keys (keys with origins); "
+                "use a server key or the portal",
+            )
+        return scope
+
+    server_scope = Depends(server_only)
+
     def store() -> AnalyticsStore:
         found = store_getter()
         if found is None:
@@ -290,7 +304,7 @@ def logs_query_router(
     @router.get("/search")
     async def search(
         filters: Filters,
-        scope: ProjectScope = scope_of,
+        scope: ProjectScope = server_scope,
         from_: From = None,
         to: To = None,
         limit: Limit = 100,
@@ -309,7 +323,7 @@ def logs_query_router(
     @router.get("/errors/top")
     async def top_errors(
         filters: Filters,
-        scope: ProjectScope = scope_of,
+        scope: ProjectScope = server_scope,
         from_: From = None,
         to: To = None,
         limit: Limit = 20,
@@ -326,7 +340,7 @@ def logs_query_router(
 
     @router.get("/stats/error-rate")
     async def error_rate(
-        filters: Filters, scope: ProjectScope = scope_of, from_: From = None, to: To = None
+        filters: Filters, scope: ProjectScope = server_scope, from_: From = None, to: To = None
     ) -> ErrorRateOut:
         """Lines, error lines and their rate per 5 minutes (every window, zeros included)."""
 
@@ -338,7 +352,7 @@ def logs_query_router(
 
     @router.get("/stats/volume")
     async def volume(
-        filters: Filters, scope: ProjectScope = scope_of, from_: From = None, to: To = None
+        filters: Filters, scope: ProjectScope = server_scope, from_: From = None, to: To = None
     ) -> VolumeOut:
         """Lines per level."""
 
@@ -350,7 +364,7 @@ def logs_query_router(
 
     @router.get("/stats/daily")
     async def daily(
-        filters: Filters, scope: ProjectScope = scope_of, from_: From = None, to: To = None
+        filters: Filters, scope: ProjectScope = server_scope, from_: From = None, to: To = None
     ) -> DailyOut:
         """Lines per UTC day (by default the last 7 days)."""
 
@@ -362,7 +376,7 @@ def logs_query_router(
 
     @router.get("/requests")
     async def requests(
-        scope: ProjectScope = scope_of,
+        scope: ProjectScope = server_scope,
         from_: From = None,
         to: To = None,
         chain: Annotated[str | None, Query(description="A chain, or a comma list.")] = None,
@@ -380,15 +394,6 @@ def logs_query_router(
     ) -> RequestSearchOut:
         """The project's RPC calls, newest first (what the gateway records; payloads, when
         captured, are in a request's detail). Not for browser keys (403 `browser_key`)."""
-        if scope.browser:
-            # Whoever loads the page holds a browser key: the list would show them every call
-            # of the project (server-side ones too) and who made it.
-            raise ApiError(
-                403,
-                "browser_key",
-                "the request list is not shown to browser keys (keys with origins); use a "
-                "server key or the portal",
-            )
         explorer = RequestExplorer(store())
 
         async def run() -> dict[str, Any]:

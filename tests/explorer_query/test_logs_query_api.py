@@ -284,7 +284,7 @@ async def test_request_routes(world: World) -> None:
         error(narrowed, 404, "not_found")
 
 
-async def test_a_browser_key_sees_no_payloads_and_no_request_list(world: World) -> None:
+async def test_a_browser_key_sees_no_payloads_no_request_list_and_no_logs(world: World) -> None:
     """A key with origins is in public JavaScript: whoever loads the page holds it."""
     async with world.client() as client:
         # The list would show every call of the project, server-side ones too.
@@ -316,8 +316,11 @@ async def test_a_browser_key_sees_no_payloads_and_no_request_list(world: World) 
             assert theirs.json()["calls"][0]["response_excerpt"] == '"0x1"'
             rows = await client.get("/logs/v1/requests", params={**DAY, **params}, headers=headers)
             assert {"rbrowser", "rserver"} <= {r["request_id"] for r in rows.json()["rows"]}
-        # The logs routes answer it as any key of the project.
-        assert await search_ids(client, world.browser.auth) == ["a4", "a3", "a2", "a1"]
+        # Nor the project's logs: every query refuses it (a page may still send its logs).
+        for route in ("search", "errors/top", "stats/error-rate", "stats/volume", "stats/daily"):
+            refused = await client.get(f"/logs/v1/{route}", params=DAY, headers=world.browser.auth)
+            assert "browser keys" in error(refused, 403, "browser_key"), route
+        assert await search_ids(client, world.a.auth) == ["a4", "a3", "a2", "a1"]
 
 
 # --- errors -------------------------------------------------------------------------------------
