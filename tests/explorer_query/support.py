@@ -3,6 +3,7 @@ tables with the ``logs`` columns (``message_lower`` is computed by the table).""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,8 +17,14 @@ from hoodrun.telemetry.store import AnalyticsStore
 from hoodrun.telemetry.units import ComputeUnits
 from tests.telemetry.support import call_record
 
-# Rows are dated in the last few days: requests_raw's TTL runs on the real clock.
-DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
+# Rows are dated in the last few days: requests_raw's TTL runs on the real clock. The day is
+# fixed once per test run and handed to the processes the tests start (the CLI's), so a run that
+# crosses midnight dates its rows and its queries alike.
+_DAY0_ENV = "EXPLORER_TESTS_DAY0"  # not HOODRUN_*: the config reads those
+if _DAY0_ENV not in os.environ:
+    _today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    os.environ[_DAY0_ENV] = (_today - timedelta(days=3)).isoformat()
+DAY0 = datetime.fromisoformat(os.environ[_DAY0_ENV])
 
 LOG_SCHEMA = LOGS_ARROW_SCHEMA
 
