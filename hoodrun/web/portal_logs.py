@@ -168,6 +168,20 @@ class RequestForm:
         return [(name, value) for name, value in pairs if value]
 
 
+def _page_links(
+    found: dict[str, Any], project: Project, params: list[tuple[str, str]], more: str, page: str
+) -> dict[str, Any]:
+    """The links past a page: ``more_url`` (htmx rows) and ``next_url`` (the whole page), or
+    ``None`` at the end."""
+    after = found["next_cursor"]
+    if not after:
+        return {"more_url": None, "next_url": None}
+    return {
+        "more_url": _url(more, project, params, cursor=after),
+        "next_url": _url(page, project, params, cursor=after),
+    }
+
+
 def _url(path: str, project: Project, params: list[tuple[str, str]], **extra: str) -> str:
     return f"{path}?{urlencode([('project', project.id), *params, *extra.items()])}"
 
@@ -294,12 +308,9 @@ def logs_routes(router: APIRouter, ctx: WebContext, auth: PortalAuth) -> None:
                 cursor=cursor,
             )
         )
-        links: dict[str, Any] = {"more_url": None, "next_url": None}
-        if found["next_cursor"]:
-            params, after = form.params(), found["next_cursor"]
-            links["more_url"] = _url("/portal/logs/lines", project, params, cursor=after)
-            links["next_url"] = _url("/portal/logs", project, params, cursor=after)
-        return found, links
+        return found, _page_links(
+            found, project, form.params(), "/portal/logs/lines", "/portal/logs"
+        )
 
     @router.get("/logs")
     async def logs_page(request: Request, viewer: Viewer = read) -> Response:
@@ -388,11 +399,9 @@ def logs_routes(router: APIRouter, ctx: WebContext, auth: PortalAuth) -> None:
                 **options,
             )
         )
-        links: dict[str, Any] = {"more_url": None, "next_url": None}
-        if found["next_cursor"]:
-            params, after = form.params(), found["next_cursor"]
-            links["more_url"] = _url("/portal/logs/calls", project, params, cursor=after)
-            links["next_url"] = _url("/portal/logs/requests", project, params, cursor=after)
+        links = _page_links(
+            found, project, form.params(), "/portal/logs/calls", "/portal/logs/requests"
+        )
         return found, links
 
     @router.get("/logs/requests")
